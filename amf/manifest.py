@@ -1,0 +1,158 @@
+"""The ensemble manifest: the one source of truth for how an ensemble is built and served.
+
+`manifest.json` lives next to the fold weights. It names the timm architecture, the input
+specification used by `amf.preprocess.prepare`, the fold files, how fold outputs are reduced and
+the decision threshold with how it was chosen. Training writes it; inference only reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amf.errors import ModelError
+from amf.io import write_json_atomic
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "amf-ensemble/1"
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+REDUCTIONS = ("mean_probability",)
+_REQUIRED = ("format", "architecture", "input", "folds", "threshold")
+_OPTIONAL = ("name", "description", "reduction", "positive_class", "onnx", "provenance")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the network expects: a square RGB crop of `size` px, normalised by mean/std."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One member of the ensemble: a safetensors file relative to the manifest's folder."""
+
+    file: str
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """P(atypical) >= value is called atypical; `method` says how the value was chosen."""
+
+    value: float
+    method: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    architecture: str
+    input: InputSpec
+    folds: tuple[Fold, ...]
+    threshold: Threshold
+    name: str = ""
+    description: str = ""
+    reduction: str = "mean_probability"
+    positive_class: str = "atypical"
+    onnx: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def from_dict(data: dict[str, Any], *, source: str = "manifest") -> Manifest:
+    """Validate a parsed manifest; every error names `source` and the offending key."""
+    if not isinstance(data, dict):
+        raise ModelError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    missing = [key for key in _REQUIRED if key not in data]
+    unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
+    if missing or unknown:
+        raise ModelError(
+            f"{source}: missing keys {missing}, unknown keys {unknown}; "
+            f"allowed: {list(_REQUIRED + _OPTIONAL)}"
+        )
+    if data["format"] != FORMAT:
+        raise ModelError(f"{source}: format {data['format']!r} is not {FORMAT!r}")
+    try:
+        manifest = Manifest(
+            architecture=str(data["architecture"]),
+            input=_input_spec(data["input"]),
+            folds=tuple(Fold(**fold) for fold in data["folds"]),
+            threshold=Threshold(**data["threshold"]),
+            **{key: data[key] for key in _OPTIONAL if key in data},
+        )
+    except (TypeError, ValueError) as error:
+        raise ModelError(f"{source}: malformed entry ({error})") from None
+    _check(manifest, source)
+    return manifest
+
+
+def _input_spec(data: dict[str, Any]) -> InputSpec:
+    return InputSpec(
+        size=int(data["size"]),
+        mean=tuple(float(v) for v in data["mean"]),
+        std=tuple(float(v) for v in data["std"]),
+        interpolation=data.get("interpolation", "bicubic"),
+    )
+
+
+def _check(manifest: Manifest, source: str) -> None:
+    spec = manifest.input
+    problems = []
+    if spec.size < 16:
+        problems.append(f"input.size must be >= 16, got {spec.size}")
+    if len(spec.mean) != 3 or len(spec.std) != 3 or min(spec.std) <= 0:
+        problems.append("input.mean and input.std need 3 values each, std > 0")
+    if spec.interpolation not in INTERPOLATIONS:
+        problems.append(f"input.interpolation must be one of {INTERPOLATIONS}")
+    if not manifest.folds:
+        problems.append("folds is empty")
+    if len({fold.file for fold in manifest.folds}) != len(manifest.folds):
+        problems.append("folds lists a file twice")
+    if not 0.0 <= manifest.threshold.value <= 1.0:
+        problems.append(f"threshold.value must be in [0, 1], got {manifest.threshold.value}")
+    if manifest.reduction not in REDUCTIONS:
+        problems.append(f"reduction must be one of {REDUCTIONS}")
+    if manifest.positive_class != "atypical":
+        problems.append("positive_class must be 'atypical'")
+    if problems:
+        raise ModelError(f"{source}: " + "; ".join(problems))
+
+
+def load(model_dir: Path) -> Manifest:
+    """Read and validate `model_dir/manifest.json` and check that every fold file exists."""
+    path = Path(model_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise ModelError(f"{path}: no ensemble manifest here")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{path}: not valid JSON ({error})") from None
+    manifest = from_dict(data, source=str(path))
+    for fold in manifest.folds:
+        if not (path.parent / fold.file).is_file():
+            raise ModelError(f"{path.parent / fold.file}: fold weight file listed in {path} is missing")
+    return manifest
+
+
+def save(manifest: Manifest, model_dir: Path) -> Path:
+    """Write the manifest atomically, so a reader never sees half a file."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    return write_json_atomic(model_dir / MANIFEST_NAME, manifest.to_dict())
