@@ -17,7 +17,9 @@ def add_predict(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--input", type=Path, default=Path("/input"), help="default: /input")
     parser.add_argument("--output", type=Path, default=Path("/output"), help="default: /output")
     parser.add_argument(
-        "--model", type=Path, default=None,
+        "--model",
+        type=Path,
+        default=None,
         help="ensemble folder (default: /opt/ml/model if it has a manifest, else model/)",
     )
     parser.add_argument("--batch-size", type=int, default=64)

@@ -174,11 +174,10 @@ def page_names(path: Path, root: Path, count: int) -> list[str]:
 def predictions(probabilities: np.ndarray, threshold: float) -> list[dict[str, Any]]:
     """The contract's objects: class from the threshold, confidence = P(atypical) as a float."""
     values = np.asarray(probabilities, dtype=np.float64)
-    if values.ndim != 1 or not np.all(np.isfinite(values)) or values.min(initial=0) < 0 or values.max(initial=0) > 1:
+    in_range = np.all(np.isfinite(values)) and np.all((values >= 0) & (values <= 1))
+    if values.ndim != 1 or not in_range:
         raise ValueError(f"probabilities must be finite values in [0, 1], got {values!r}")
-    return [
-        {"class": "atypical" if p >= threshold else "normal", "confidence": float(p)} for p in values
-    ]
+    return [{"class": "atypical" if p >= threshold else "normal", "confidence": float(p)} for p in values]
 
 
 def write_predictions(output_dir: Path, records: list[dict[str, Any]], names: list[str] | None) -> None:
@@ -189,7 +188,8 @@ def write_predictions(output_dir: Path, records: list[dict[str, Any]], names: li
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(["file", "p_atypical", "class"])
-        writer.writerows([name, repr(r["confidence"]), r["class"]] for name, r in zip(names, records))
+        rows = zip(names, records, strict=True)
+        writer.writerows([name, repr(r["confidence"]), r["class"]] for name, r in rows)
         _write_text_atomic(output_dir / CSV_NAME, text.getvalue())
     write_json_atomic(output_dir / OUTPUT_NAME, records)
 

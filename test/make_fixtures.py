@@ -54,7 +54,10 @@ def write_stack(path: Path, pages: list[np.ndarray]) -> None:
     """A multi-page RGB TIFF like the challenge's: deflate, DPI set (0.25 um/px)."""
     images = [Image.fromarray(page) for page in pages]
     images[0].save(
-        path, save_all=True, append_images=images[1:], compression="tiff_adobe_deflate",
+        path,
+        save_all=True,
+        append_images=images[1:],
+        compression="tiff_adobe_deflate",
         dpi=(101600, 101600),
     )
 
@@ -69,7 +72,7 @@ def build_fixture_ensemble(folds: int = 3) -> None:
         entries.append(manifest.Fold(file=path.name, sha256=manifest.sha256_of(path)))
     spec = manifest.Manifest(
         name="test-fixture",
-        description="TEST FIXTURE: random weights, seed %d; exercises the code, predicts nothing." % SEED,
+        description=f"TEST FIXTURE: random weights, seed {SEED}; exercises the code, predicts nothing.",
         architecture=FIXTURE_ARCH,
         input=models.default_input_spec(FIXTURE_ARCH, 64),
         folds=tuple(entries),
@@ -84,10 +87,12 @@ def build_sample_input(pages: int = 6) -> None:
     folder = INPUT_DIR / "images" / io.SLUG
     folder.mkdir(parents=True)
     write_stack(folder / STACK_NAME, synthetic_crops(pages, np.random.default_rng(SEED)))
-    inputs = [{
-        "image": {"name": STACK_NAME},
-        "interface": {"slug": io.SLUG, "kind": "Image", "relative_path": f"images/{io.SLUG}"},
-    }]
+    inputs = [
+        {
+            "image": {"name": STACK_NAME},
+            "interface": {"slug": io.SLUG, "kind": "Image", "relative_path": f"images/{io.SLUG}"},
+        }
+    ]
     (INPUT_DIR / "inputs.json").write_text(json.dumps(inputs, indent=2) + "\n")
 
 
