@@ -1,0 +1,174 @@
+"""End to end: `python inference.py` exactly as the container runs it, and amf.predict.run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT, shared_data
+from make_fixtures import expected_model_dir, synthetic_crops, write_stack
+from PIL import Image
+
+from amf import io, manifest, predict
+
+TOLERANCE = 1e-4  # absolute, on confidences, between machines and library builds
+
+
+def run_inference(input_path: Path, output: Path, model: Path = FIXTURE_ENSEMBLE, *extra: str):
+    command = [sys.executable, "inference.py", "--input", str(input_path), "--output", str(output)]
+    command += ["--model", str(model), *extra]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def assert_contract(output: Path, pages: int, threshold: float) -> list[dict]:
+    """The MIDOG JSON: one object per page, exact keys, float confidence in [0, 1], class by threshold."""
+    records = json.loads((output / io.OUTPUT_NAME).read_text())
+    assert isinstance(records, list) and len(records) == pages
+    for record in records:
+        assert set(record) == {"class", "confidence"}
+        assert type(record["confidence"]) is float and not math.isnan(record["confidence"])
+        assert 0.0 <= record["confidence"] <= 1.0
+        assert record["class"] == ("atypical" if record["confidence"] >= threshold else "normal")
+    return records
+
+
+def test_sample_input_matches_expected_output(tmp_path: Path) -> None:
+    model = expected_model_dir()
+    result = run_inference(SAMPLE_INPUT, tmp_path, model)
+    assert result.returncode == 0, result.stderr
+    records = assert_contract(tmp_path, 6, manifest.load(model).threshold.value)
+    expected = json.loads((ROOT / "test" / "expected_output.json").read_text())
+    assert [r["class"] for r in records] == [e["class"] for e in expected]
+    np.testing.assert_allclose(
+        [r["confidence"] for r in records], [e["confidence"] for e in expected], atol=TOLERANCE
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [io.OUTPUT_NAME]
+
+
+def test_real_challenge_sample_end_to_end(tmp_path: Path) -> None:
+    sample = shared_data("gc-sample", "input")
+    result = run_inference(sample, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert_contract(tmp_path, 16, manifest.load(FIXTURE_ENSEMBLE).threshold.value)
+    alarming = [line for line in result.stderr.splitlines() if not line.startswith("INFO ")]
+    assert alarming == []
+
+
+def test_folder_of_mixed_crops_writes_csv(tmp_path: Path) -> None:
+    crops = synthetic_crops(4, np.random.default_rng(1))
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(crops[0]).save(folder / "a.png")
+    Image.fromarray(crops[1]).convert("L").save(folder / "b_gray.png")
+    Image.fromarray(crops[2]).convert("RGBA").save(folder / "sub" / "c_rgba.png")
+    Image.fromarray(crops[3]).resize((90, 70)).save(folder / "sub" / "d_odd.jpg")
+    write_stack(folder / "e_stack.tif", crops[:2])
+    (folder / "notes.txt").write_text("ignored")
+    count = predict.run(folder, tmp_path / "out", FIXTURE_ENSEMBLE, batch_size=3)
+    assert count == 6
+    records = assert_contract(tmp_path / "out", 6, 0.5)
+    with open(tmp_path / "out" / io.CSV_NAME) as handle:
+        rows = list(csv.DictReader(handle))
+    names = ["a.png", "b_gray.png", "e_stack.tif#0", "e_stack.tif#1", "sub/c_rgba.png", "sub/d_odd.jpg"]
+    assert [row["file"] for row in rows] == names
+    assert [float(row["p_atypical"]) for row in rows] == [r["confidence"] for r in records]
+    # the same pixels give the same answer whichever file and batch they came in
+    assert records[0]["confidence"] == pytest.approx(records[2]["confidence"], abs=1e-6)
+
+
+def test_single_stack_file_with_many_pages(tmp_path: Path) -> None:
+    stack = tmp_path / "big.tiff"
+    write_stack(stack, synthetic_crops(20, np.random.default_rng(2)))
+    assert predict.run(stack, tmp_path / "out", FIXTURE_ENSEMBLE, batch_size=8) == 20
+    assert_contract(tmp_path / "out", 20, 0.5)
+    assert (tmp_path / "out" / io.CSV_NAME).read_text().count("big.tiff#") == 20
+
+
+def test_one_page_stack(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    shutil.copytree(SAMPLE_INPUT, root)
+    stack = next((root / "images" / io.SLUG).iterdir())
+    write_stack(stack, synthetic_crops(1, np.random.default_rng(3)))
+    assert predict.run(root, tmp_path / "out", FIXTURE_ENSEMBLE) == 1
+    assert_contract(tmp_path / "out", 1, 0.5)
+
+
+def broken_inputs(tmp_path: Path) -> dict[str, tuple[Path, Path, str]]:
+    """name -> (input, model, expected message) for each error the container must report."""
+    good = tmp_path / "good"
+    shutil.copytree(SAMPLE_INPUT, good)
+    cases: dict[str, tuple[Path, Path, str]] = {}
+
+    def variant(name: str, change) -> Path:
+        root = tmp_path / name
+        shutil.copytree(SAMPLE_INPUT, root)
+        change(root, root / "images" / io.SLUG)
+        return root
+
+    cases["no inputs.json"] = (
+        variant("a", lambda r, f: (r / "inputs.json").unlink()),
+        FIXTURE_ENSEMBLE,
+        "inputs.json: missing",
+    )
+    cases["slug"] = (
+        variant("b", lambda r, f: (r / "inputs.json").write_text('[{"interface": {"slug": "wrong"}}]')),
+        FIXTURE_ENSEMBLE,
+        "no input with slug",
+    )
+    cases["several"] = (
+        variant("c", lambda r, f: shutil.copy(next(f.iterdir()), f / "second.tif")),
+        FIXTURE_ENSEMBLE,
+        "several stack files",
+    )
+    cases["corrupt"] = (
+        variant("d", lambda r, f: next(f.iterdir()).write_bytes(b"garbage")),
+        FIXTURE_ENSEMBLE,
+        "stack_fixture.tiff: cannot read image",
+    )
+    (tmp_path / "empty").mkdir()
+    cases["empty"] = (tmp_path / "empty", FIXTURE_ENSEMBLE, "no crops found")
+    cases["no manifest"] = (good, tmp_path / "empty", "no ensemble manifest here")
+    missing = Path(shutil.copytree(FIXTURE_ENSEMBLE, tmp_path / "m1"))
+    (missing / "fold2.safetensors").unlink()
+    cases["missing weights"] = (good, missing, "fold2.safetensors: fold weight file listed")
+    wrong = Path(shutil.copytree(FIXTURE_ENSEMBLE, tmp_path / "m2"))
+    data = json.loads((wrong / "manifest.json").read_text()) | {"architecture": "test_resnet"}
+    (wrong / "manifest.json").write_text(json.dumps(data))
+    cases["wrong architecture"] = (good, wrong, "fold0.safetensors: weights do not fit")
+    return cases
+
+
+def test_every_broken_input_fails_cleanly(tmp_path: Path) -> None:
+    """One line naming the file and the problem, exit 2, nothing in the output folder."""
+    for name, (input_path, model, message) in broken_inputs(tmp_path).items():
+        output = tmp_path / f"out-{name.replace(' ', '_')}"
+        output.mkdir()
+        result = run_inference(input_path, output, model)
+        assert result.returncode == 2, (name, result.stderr)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+        assert len(errors) == 1 and message in errors[0], (name, result.stderr)
+        assert "Traceback" not in result.stderr, name
+        assert list(output.iterdir()) == [], name
+
+
+def test_default_model_dir_prefers_mounted_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(predict, "GRAND_CHALLENGE_MODEL_DIR", tmp_path)
+    assert predict.default_model_dir() == predict.BAKED_MODEL_DIR
+    shutil.copy(FIXTURE_ENSEMBLE / "manifest.json", tmp_path / "manifest.json")
+    assert predict.default_model_dir() == tmp_path
+
+
+def test_non_finite_ensemble_output_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from amf import ensemble
+
+    monkeypatch.setattr(ensemble.Ensemble, "predict", lambda self, batch: np.full(len(batch), np.nan))
+    with pytest.raises(predict.ModelError, match="non-finite"):
+        predict.run(SAMPLE_INPUT, tmp_path / "out", FIXTURE_ENSEMBLE)
+    assert not (tmp_path / "out").exists()
