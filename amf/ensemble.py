@@ -22,13 +22,18 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def serving_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on CUDA (a T4 on grand-challenge; timm keeps EfficientViT's attention in fp32)."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
 class Ensemble:
     """The folds of one manifest, in eval mode, on one device (fp16 on CUDA, fp32 on CPU)."""
 
     def __init__(self, members: list[torch.nn.Module], device: torch.device) -> None:
         self.members = members
         self.device = device
-        self.dtype = torch.float16 if device.type == "cuda" else torch.float32
+        self.dtype = serving_dtype(device)
 
     @classmethod
     def load(cls, manifest: Manifest, model_dir: Path, device: torch.device | None = None) -> Ensemble:
@@ -40,8 +45,8 @@ class Ensemble:
             if fold.sha256 is not None and sha256_of(path) != fold.sha256:
                 raise ModelError(f"{path}: sha256 differs from the manifest's; wrong or damaged file")
             model = models.load_weights(models.create(manifest.architecture), path)
-            dtype = torch.float16 if device.type == "cuda" else torch.float32
-            members.append(model.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval())
+            model = model.to(device=device, dtype=serving_dtype(device), memory_format=torch.channels_last)
+            members.append(model.eval())
         log.info("loaded %d x %s on %s", len(members), manifest.architecture, device)
         return cls(members, device)
 
