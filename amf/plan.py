@@ -1,0 +1,221 @@
+"""Running a plan: train its (domain, fold) models into one run folder, then assemble ensembles.
+
+Layout of a run folder:
+
+    RUN/run.json                      the plan file and training settings every model shares
+    RUN/<domain>/fold<k>/             one model (see amf.train), skipped once finished
+    RUN/<domain>/manifest.json        written when all folds are done: the folder is an ensemble
+    RUN/<domain>/oof_predictions.csv  the folds' out-of-fold predictions behind its threshold
+
+`assemble` can also copy an ensemble into a flat folder (fold<k>.safetensors + manifest.json),
+such as the container's `model/`. Its threshold comes from the out-of-fold predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amf import io, manifest
+from amf.data import load_crops, read_rows, write_rows
+from amf.dataset import Sample, check_images, load_table
+from amf.errors import InputError, ModelError
+from amf.manifest import Fold, Manifest, Threshold
+from amf.metrics import binary_metrics, choose_threshold
+from amf.splits import Plan, load_plan, slug
+from amf.train import RESULT, VAL_PREDICTIONS, TrainConfig, config_differences, train
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+OOF_PREDICTIONS = "oof_predictions.csv"
+
+
+def model_dir(run_dir: Path, domain: str, fold: int) -> Path:
+    return Path(run_dir) / slug(domain) / f"fold{fold}"
+
+
+def run_plan(
+    plan_path: Path,
+    run_dir: Path,
+    config: TrainConfig,
+    *,
+    domain: str | None = None,
+    fold: int | None = None,
+    index: int | None = None,
+    strict: bool = False,
+) -> list[dict[str, Any]]:
+    """Train the plan's models that are not finished yet: all, one domain, one fold, or task `index`.
+
+    Args:
+        domain: a domain name or its folder name; None for every domain.
+        fold: one fold of each selected domain; None for all folds.
+        index: the index-th (domain, fold) of the whole plan (a cluster array job's task id).
+        strict: fail when an image file is missing instead of excluding that crop.
+    """
+    plan = load_plan(plan_path)
+    samples = plan_samples(plan)
+    _bind_run(Path(run_dir), Path(plan_path), config)
+    tasks = select_tasks(plan, domain=domain, fold=fold, index=index)
+    todo = [(d, k) for d, k in tasks if not (model_dir(run_dir, d, k) / RESULT).is_file()]
+    log.info(
+        "%d models selected, %d finished already, %d to train", len(tasks), len(tasks) - len(todo), len(todo)
+    )
+    if not todo:
+        return []
+    needed = {i for d, k in todo for ids in plan.split(d, k) for i in ids}
+    present = check_images([samples[i] for i in sorted(needed)], strict=strict)
+    crops = load_crops(present)
+    results = []
+    for d, k in todo:
+        train_ids, val_ids = plan.split(d, k)
+        log.info("training %s fold %d", d, k)
+        train_samples = [samples[i] for i in train_ids if i in crops]
+        val_samples = [samples[i] for i in val_ids if i in crops]
+        results.append(train(train_samples, val_samples, config, model_dir(run_dir, d, k), crops=crops))
+        if _is_main() and all((model_dir(run_dir, d, f) / RESULT).is_file() for f in range(plan.n_folds)):
+            assemble(run_dir, d)
+    return results
+
+
+def select_tasks(
+    plan: Plan, *, domain: str | None = None, fold: int | None = None, index: int | None = None
+) -> list[tuple[str, int]]:
+    """The (domain, fold) pairs a command asked for; unknown ones list the valid choices."""
+    tasks = plan.tasks()
+    if index is not None:
+        if not 0 <= index < len(tasks):
+            raise InputError(f"task index {index} is outside the plan's 0..{len(tasks) - 1}")
+        return [tasks[index]]
+    if domain is not None:
+        names = {name: name for name in plan.domains} | {slug(name): name for name in plan.domains}
+        if domain not in names:
+            raise InputError(f"domain {domain!r} is not in the plan; choose from {list(plan.domains)}")
+        tasks = [t for t in tasks if t[0] == names[domain]]
+    if fold is not None:
+        if not 0 <= fold < plan.n_folds:
+            raise InputError(f"fold {fold} is not in the plan; choose from 0..{plan.n_folds - 1}")
+        tasks = [t for t in tasks if t[1] == fold]
+    return tasks
+
+
+def plan_samples(plan: Plan) -> dict[str, Sample]:
+    """The plan's dataset table by sample id, refusing a table changed since the plan was made."""
+    table = Path(plan.table)
+    if not table.is_file():
+        raise InputError(f"{table}: the plan's dataset table is missing")
+    if manifest.sha256_of(table) != plan.table_sha256:
+        raise InputError(f"{table}: changed since the plan was made; make the plan again")
+    return {s.id: s for s in load_table(table)}
+
+
+def load_run(run_dir: Path) -> tuple[Plan, TrainConfig]:
+    """The plan and settings a run folder was trained with."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: not a run folder (no {RUN_FILE}); train a plan into it first")
+    data = json.loads(path.read_text())
+    return load_plan(Path(data["plan"])), TrainConfig(**data["config"])
+
+
+def assemble(run_dir: Path, domain: str, target: Path | None = None, *, method: str = "youden") -> Manifest:
+    """Make one domain's fold models an ensemble, its threshold chosen on out-of-fold predictions.
+
+    Args:
+        domain: the domain whose folds to combine ('all' for an all-domains plan).
+        target: a folder to copy the weights and manifest into (e.g. model/); None writes the
+            manifest in the run folder itself, referring to the fold folders.
+        method: 'youden' (max balanced accuracy on the OOF labels), 'otsu' (label-free) or a number.
+    """
+    run_dir = Path(run_dir)
+    plan, config = load_run(run_dir)
+    domain = select_tasks(plan, domain=domain)[0][0]
+    dirs = [model_dir(run_dir, domain, k) for k in range(plan.n_folds)]
+    unfinished = [str(d) for d in dirs if not (d / RESULT).is_file()]
+    if unfinished:
+        raise ModelError(f"cannot assemble {domain!r}: unfinished folds {unfinished}")
+    members = [manifest.load(d) for d in dirs]
+    oof = [row for d in dirs for row in read_rows(d / VAL_PREDICTIONS)]
+    labels = np.array([int(row["label"]) for row in oof])
+    scores = np.array([float(row["p_atypical"]) for row in oof])
+    try:
+        threshold = choose_threshold(method, labels, scores)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    oof_metrics = binary_metrics(labels, scores, threshold=threshold)
+    domain_dir = run_dir / slug(domain)
+    write_rows(domain_dir / OOF_PREDICTIONS, oof)
+    folds = _place_folds(dirs, members, domain_dir, target)
+    ensemble = Manifest(
+        architecture=config.architecture,
+        input=members[0].input,
+        folds=folds,
+        threshold=Threshold(threshold, f"{method} on {len(oof)} out-of-fold predictions"),
+        name=f"{config.architecture}-{config.size}px-{len(folds)}fold-{slug(domain)}",
+        description=f"{len(folds)}-fold ensemble trained on {plan.table} ({_held_out(plan, domain)})",
+        provenance={
+            "plan": json.loads((run_dir / RUN_FILE).read_text())["plan"],
+            "domain": domain,
+            "training": asdict(config),
+            "out_of_fold": oof_metrics,
+            "folds": [json.loads((d / RESULT).read_text())["validation"] for d in dirs],
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    manifest.save(ensemble, target or domain_dir)
+    log.info("%s: %d folds, threshold %.4f (%s)", target or domain_dir, len(folds), threshold, method)
+    return ensemble
+
+
+def _place_folds(
+    dirs: list[Path], members: list[Manifest], domain_dir: Path, target: Path | None
+) -> tuple[Fold, ...]:
+    """Fold entries relative to the manifest's folder, copying the weights when `target` is given."""
+    if target is None:
+        return tuple(
+            Fold(f"{d.name}/{m.folds[0].file}", m.folds[0].sha256) for d, m in zip(dirs, members, strict=True)
+        )
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    folds = []
+    for k, (d, m) in enumerate(zip(dirs, members, strict=True)):
+        name = f"fold{k}.safetensors"
+        shutil.copyfile(d / m.folds[0].file, target / name)
+        (target / name).chmod(0o644)
+        folds.append(Fold(name, m.folds[0].sha256))
+    return tuple(folds)
+
+
+def _bind_run(run_dir: Path, plan_path: Path, config: TrainConfig) -> None:
+    """Record (or check) that every model of this run folder shares one plan and one recipe."""
+    path = run_dir / RUN_FILE
+    record = {"plan": str(plan_path.resolve()), "config": asdict(config)}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        differs = config_differences(TrainConfig(**saved["config"]), config)
+        if saved["plan"] != record["plan"] or differs:
+            raise InputError(
+                f"{run_dir}: holds a run of {saved['plan']} with other settings {differs}; "
+                "use another run folder"
+            )
+    elif _is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        io.write_json_atomic(path, record)
+
+
+def _held_out(plan: Plan, domain: str) -> str:
+    if plan.domain_column is None:
+        return "all domains, nothing held out"
+    return f"{plan.domain_column} {domain!r} held out"
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0

@@ -1,0 +1,119 @@
+"""Running a plan: selection, skipping finished models, missing images, assembling the container's folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic_data import TINY, make_table
+
+from amf import manifest, plan, predict, splits
+from amf.data import read_rows
+from amf.errors import InputError, ModelError
+from amf.metrics import youden_threshold
+from amf.train import RESULT
+
+
+@pytest.fixture(scope="module")
+def lodo(tmp_path_factory):
+    """A leave-one-domain-out plan (2 domains x 2 folds) and a finished run of it."""
+    root = tmp_path_factory.mktemp("lodo")
+    table, samples = make_table(root)
+    the_plan = splits.make_plan(samples, table=table, domain_column="cancer_type", n_folds=2)
+    plan_path = splits.save_plan(the_plan, root / "plan.json")
+    plan.run_plan(plan_path, root / "run", TINY)
+    return root, plan_path, samples
+
+
+def _copy_run(lodo, tmp_path):
+    return Path(shutil.copytree(lodo[0] / "run", tmp_path / "run"))
+
+
+def test_finished_run_is_a_set_of_ensembles(lodo):
+    root, plan_path, _ = lodo
+    for domain in ("alpha", "beta"):
+        spec = manifest.load(root / "run" / domain)
+        assert [f.file for f in spec.folds] == ["fold0/weights.safetensors", "fold1/weights.safetensors"]
+    assert plan.run_plan(plan_path, root / "run", TINY) == []
+
+
+def test_rerun_trains_only_unfinished_models(lodo, tmp_path, caplog):
+    run = _copy_run(lodo, tmp_path)
+    (run / "alpha" / "fold0" / RESULT).unlink()
+    (run / "alpha" / "manifest.json").unlink()
+    finished = (run / "alpha" / "fold1" / RESULT).read_bytes()
+    with caplog.at_level(logging.INFO):
+        assert len(plan.run_plan(lodo[1], run, TINY, domain="alpha")) == 1
+    assert "2 models selected, 1 finished already, 1 to train" in caplog.text
+    assert (run / "alpha" / "fold1" / RESULT).read_bytes() == finished
+    assert manifest.load(run / "alpha").folds[0].file == "fold0/weights.safetensors"
+
+
+def test_assembled_folder_serves_with_the_oof_threshold(lodo, tmp_path):
+    root, _, _ = lodo
+    run = root / "run"
+    target = tmp_path / "model"
+    ensemble = plan.assemble(run, "beta", target)
+    assert sorted(p.name for p in target.iterdir()) == [
+        "fold0.safetensors",
+        "fold1.safetensors",
+        "manifest.json",
+    ]
+    oof = read_rows(run / "beta" / plan.OOF_PREDICTIONS)
+    labels = np.array([int(r["label"]) for r in oof])
+    scores = np.array([float(r["p_atypical"]) for r in oof])
+    assert ensemble.threshold.value == youden_threshold(labels, scores)
+    assert ensemble.threshold.method == f"youden on {len(oof)} out-of-fold predictions"
+    assert ensemble.provenance["training"]["architecture"] == TINY.architecture
+    assert manifest.load(target) == ensemble
+    crops = root / "crops" / "alpha"
+    assert predict.run(crops, tmp_path / "out", target) == len(list(crops.iterdir()))
+    assert plan.assemble(run, "beta", tmp_path / "otsu", method="otsu").threshold.method.startswith("otsu")
+    with pytest.raises(InputError, match="must be one of"):
+        plan.assemble(run, "beta", tmp_path / "bad", method="median")
+
+
+def test_selection_and_settings_errors(lodo):
+    root, plan_path, _ = lodo
+    the_plan = splits.load_plan(plan_path)
+    assert plan.select_tasks(the_plan, index=3) == [("beta", 1)]
+    assert plan.select_tasks(the_plan, domain="beta", fold=0) == [("beta", 0)]
+    with pytest.raises(InputError, match=r"choose from \['alpha', 'beta'\]"):
+        plan.select_tasks(the_plan, domain="gamma")
+    with pytest.raises(InputError, match="outside the plan's 0..3"):
+        plan.select_tasks(the_plan, index=4)
+    with pytest.raises(InputError, match="other settings"):
+        plan.run_plan(plan_path, root / "run", dataclasses.replace(TINY, epochs=5))
+
+
+def test_missing_images_are_excluded_or_fatal(lodo, tmp_path, caplog):
+    root, plan_path, samples = lodo
+    moved = tmp_path / "moved.png"
+    shutil.move(samples[0].image, moved)
+    try:
+        with pytest.raises(InputError, match="1 of .* image files missing"):
+            plan.run_plan(plan_path, tmp_path / "strict", TINY, index=2, strict=True)
+        with caplog.at_level(logging.WARNING):
+            plan.run_plan(plan_path, tmp_path / "lenient", TINY, domain="beta", fold=0)
+        assert "image files missing" in caplog.text
+        rows = read_rows(tmp_path / "lenient" / "beta" / "fold0" / "val_predictions.csv")
+        assert samples[0].id not in {r["id"] for r in rows}
+    finally:
+        shutil.move(moved, samples[0].image)
+
+
+def test_unfinished_domain_and_changed_table_are_refused(lodo, tmp_path):
+    root, plan_path, _ = lodo
+    run = _copy_run(lodo, tmp_path)
+    (run / "beta" / "fold1" / RESULT).unlink()
+    with pytest.raises(ModelError, match="unfinished folds"):
+        plan.assemble(run, "beta")
+    changed = json.loads(plan_path.read_text()) | {"table_sha256": "0" * 64}
+    (tmp_path / "plan.json").write_text(json.dumps(changed))
+    with pytest.raises(InputError, match="changed since the plan was made"):
+        plan.run_plan(tmp_path / "plan.json", tmp_path / "other", TINY)

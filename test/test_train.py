@@ -1,0 +1,117 @@
+"""Training one model: sampling, augmentation seeding, outputs the container loads, determinism, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+from synthetic_data import TINY, make_samples, make_table
+
+from amf import data, manifest, splits, train
+from amf.ensemble import Ensemble
+from amf.errors import InputError
+from amf.preprocess import prepare
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    return make_samples(tmp_path_factory.mktemp("crops"), domains=("alpha",))
+
+
+def _split(samples):
+    return samples[:24], samples[24:]
+
+
+def test_trained_folder_is_an_ensemble_the_container_loads(samples, tmp_path):
+    train_samples, val_samples = _split(samples)
+    result = train.train(train_samples, val_samples, TINY, tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "weights.safetensors", "manifest.json", "metrics.csv", "val_predictions.csv", "result.json"
+    }  # fmt: skip
+    spec = manifest.load(tmp_path)
+    assert spec.architecture == "test_efficientnet" and spec.input.size == 32
+    assert spec.provenance["config"] == dataclasses.asdict(TINY)
+    rows = data.read_rows(tmp_path / train.VAL_PREDICTIONS)
+    assert [r["id"] for r in rows] == [s.id for s in val_samples]
+    crops = data.load_crops(val_samples)
+    served = Ensemble.load(spec, tmp_path).predict(prepare([crops[s.id] for s in val_samples], spec.input))
+    np.testing.assert_allclose([float(r["p_atypical"]) for r in rows], served, rtol=1e-6)
+    assert len(data.read_rows(tmp_path / train.METRICS)) == TINY.epochs
+    assert result["validation"]["roc_auc"] > 0.5 and result["n_train"] == 24
+    assert train.train(train_samples, val_samples, TINY, tmp_path) == result  # finished: not retrained
+
+
+def test_killed_run_resumes_to_the_same_model(samples, tmp_path, monkeypatch):
+    train_samples, val_samples = _split(samples)
+    config = dataclasses.replace(TINY, epochs=3, stain=0.1, soft_labels=True)
+    train.train(train_samples, val_samples, config, tmp_path / "whole")
+    end_epoch = train._end_epoch
+
+    def killed_after_first_epoch(*args, **kwargs):
+        end_epoch(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_end_epoch", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(train_samples, val_samples, config, tmp_path / "killed")
+    assert (tmp_path / "killed" / train.LAST).is_file() and not (tmp_path / "killed" / train.RESULT).exists()
+    monkeypatch.undo()
+    with pytest.raises(InputError, match="other settings.*'lr'"):
+        train.train(train_samples, val_samples, dataclasses.replace(config, lr=1e-3), tmp_path / "killed")
+    train.train(train_samples, val_samples, dataclasses.replace(config, workers=1), tmp_path / "killed")
+    for name in ("weights.safetensors", "val_predictions.csv"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes()
+    losses = [
+        [r["val_auroc"] for r in data.read_rows(tmp_path / run / train.METRICS)]
+        for run in ("whole", "killed")
+    ]
+    assert losses[0] == losses[1] and len(losses[0]) == 3
+    assert not (tmp_path / "killed" / train.LAST).exists()
+
+
+def test_settings_are_validated(samples, tmp_path):
+    with pytest.raises(InputError, match="epochs must be >= 1.*batch size must be >= 2"):
+        train.TrainConfig(epochs=0, batch_size=1)
+    with pytest.raises(InputError, match="smaller than one batch"):
+        train.train(*_split(samples), dataclasses.replace(TINY, epoch_size=4), tmp_path)
+
+
+@pytest.mark.slow
+def test_torchrun_trains_data_parallel_on_cpu(tmp_path):
+    """Two gloo processes on the CPU: one model, written once, loadable like any other."""
+    table, samples = make_table(tmp_path, domains=("alpha",))
+    plan_path = splits.save_plan(
+        splits.make_plan(samples, table=table, domain_column=None, n_folds=2), tmp_path / "p.json"
+    )
+    tiny = [
+        "--arch",
+        TINY.architecture,
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--epoch-size",
+        "32",
+        "--batch-size",
+        "8",
+    ]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "amf", "train"]
+    command += [
+        "--plan",
+        str(plan_path),
+        "--out",
+        str(tmp_path / "run"),
+        "--fold",
+        "0",
+        "--workers",
+        "0",
+        *tiny,
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("validation AUROC") == 1  # only rank 0 reports
+    assert manifest.load(tmp_path / "run" / "all" / "fold0").architecture == TINY.architecture
