@@ -217,6 +217,21 @@ def check_images(samples: Sequence[Sample], *, strict: bool = False) -> list[Sam
     return present
 
 
+def link_images(samples: Sequence[Sample], folder: Path) -> int:
+    """Symlink every sample's crop into `folder` by file name: an input folder for inference.py."""
+    names = Counter(Path(s.image).name for s in samples)
+    clashes = [name for name, count in names.items() if count > 1]
+    if clashes:
+        raise InputError(f"{folder}: several samples share a file name, e.g. {clashes[:3]}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for sample in samples:
+        link = folder / Path(sample.image).name
+        link.unlink(missing_ok=True)
+        link.symlink_to(Path(sample.image).resolve())
+    return len(samples)
+
+
 def summary(samples: Iterable[Sample], column: str = "cancer_type") -> list[tuple[str, int, int, int]]:
     """Rows (group, mitoses, atypical, normal) per value of `column`, sorted, then 'Total'."""
     counts: dict[str, Counter] = {}

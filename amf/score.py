@@ -17,6 +17,7 @@ which is what the stored version of the organisers' evaluate.py computes.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
@@ -61,6 +62,35 @@ def score(predictions: Path, ground_truth: Path, *, confidence: str = "p-atypica
         predicted += classes
         scores += values
     return aggregate(np.array(labels), np.array(predicted), np.array(scores), np.array(domains))
+
+
+def score_csv(predictions: Path, table: Path, *, by: str = "cancer_type") -> dict[str, Any]:
+    """The evaluator's metrics for a `predictions.csv` of a folder run, labels from a dataset table.
+
+    Rows are matched to the table's samples by crop file name; every sample needs exactly one row,
+    so a partial run cannot be scored by accident.
+    """
+    from amf.dataset import load_table
+
+    samples = {Path(s.image).name: s for s in load_table(table)}
+    try:
+        with open(predictions, newline="") as handle:
+            rows = {Path(row["file"]).name: row for row in csv.DictReader(handle)}
+        unknown = sorted(set(rows) - set(samples))
+        missing = sorted(set(samples) - set(rows))
+        if unknown or missing:
+            raise InputError(
+                f"{predictions}: {len(unknown)} rows not in {table} (e.g. {unknown[:3]}), "
+                f"{len(missing)} samples without a row (e.g. {missing[:3]})"
+            )
+        names = sorted(samples)
+        predicted = np.array([CLASSES[rows[n]["class"]] for n in names])
+        scores = np.array([float(rows[n]["p_atypical"]) for n in names])
+    except (OSError, KeyError, ValueError) as error:
+        raise InputError(f"{predictions}: not a predictions.csv ({type(error).__name__}: {error})") from None
+    labels = np.array([samples[n].label for n in names])
+    domains = np.array([getattr(samples[n], by) for n in names])
+    return aggregate(labels, predicted, scores, domains)
 
 
 def aggregate(

@@ -145,3 +145,30 @@ def test_table_round_trip_and_soft_label(tmp_path):
     assert dataset.load_table(tmp_path / "t.csv") == [sample]
     assert sample.soft_label == pytest.approx(2 / 3)
     assert _sample("j", "q.png").soft_label == 0.0
+
+
+def test_link_images_makes_an_inference_folder(tmp_path: Path) -> None:
+    from amf.dataset import Sample, link_images
+
+    crops = []
+    for name in ("a.png", "b.png"):
+        (tmp_path / "src" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "src" / name).write_bytes(b"png")
+        crops.append(
+            Sample(
+                id=name,
+                image=str(tmp_path / "src" / name),
+                label=0,
+                cancer_type="t",
+                slide="s",
+                scanner="x",
+                species="h",
+                source="test",
+            )
+        )
+    assert link_images(crops, tmp_path / "in") == 2
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["a.png", "b.png"]
+    assert (tmp_path / "in" / "a.png").resolve() == (tmp_path / "src" / "a.png").resolve()
+    twin = Sample(**{**crops[0].__dict__, "id": "twin", "image": str(tmp_path / "other" / "a.png")})
+    with pytest.raises(InputError, match="several samples share a file name"):
+        link_images([*crops, twin], tmp_path / "in2")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +119,38 @@ def test_wrong_length_missing_outputs_and_cli(tmp_path, truth, capsys, caplog):
     assert "1 ground-truth images have no output" in caplog.text
     assert json.loads((tmp_path / "m.json").read_text())["overall_roc_auc"] == 0.75
     assert main(["score", "--predictions", str(tmp_path / "none"), "--ground-truth", str(truth)]) == 2
+
+
+def test_score_csv_matches_aggregate_and_refuses_partial_runs(tmp_path: Path) -> None:
+    from amf.dataset import Sample, save_table
+
+    samples = [
+        Sample(
+            id=f"s{i}",
+            image=f"/data/{i}.png",
+            label=i % 2,
+            cancer_type="breast" if i < 4 else "lung",
+            slide=f"slide{i}",
+            scanner="XR",
+            species="human",
+            source="test",
+        )
+        for i in range(8)
+    ]
+    table = save_table(samples, tmp_path / "table.csv")
+    scores = [0.1, 0.8, 0.3, 0.4, 0.2, 0.9, 0.6, 0.7]
+    lines = ["file,p_atypical,class"] + [
+        f"sub/{i}.png,{p},{'atypical' if p >= 0.5 else 'normal'}" for i, p in enumerate(scores)
+    ]
+    (tmp_path / "predictions.csv").write_text("\n".join(lines) + "\n")
+    result = score.score_csv(tmp_path / "predictions.csv", table)
+    expected = score.aggregate(
+        np.array([s.label for s in samples]),
+        np.array([int(p >= 0.5) for p in scores]),
+        np.array(scores),
+        np.array([s.cancer_type for s in samples]),
+    )
+    assert result == expected
+    (tmp_path / "predictions.csv").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(InputError, match=r"1 samples without a row \(e.g. \['7.png'\]\)"):
+        score.score_csv(tmp_path / "predictions.csv", table)
