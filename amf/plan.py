@@ -165,6 +165,7 @@ def assemble(run_dir: Path, domain: str, target: Path | None = None, *, method: 
             "plan": json.loads((run_dir / RUN_FILE).read_text())["plan"],
             "domain": domain,
             "training": asdict(config),
+            "versions": members[0].provenance.get("versions", {}),
             "out_of_fold": oof_metrics,
             "folds": [json.loads((d / RESULT).read_text())["validation"] for d in dirs],
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -75,3 +75,25 @@ def test_missing_weight_file(fixture_ensemble: Path, tmp_path: Path) -> None:
     (folder / "fold1.safetensors").unlink()
     with pytest.raises(ModelError, match=r"fold1\.safetensors: fold weight file listed in .* is missing"):
         manifest.load(folder)
+
+
+def test_shipped_ensemble_is_a_trained_model_small_enough_for_git() -> None:
+    from conftest import ROOT
+    from safetensors import safe_open
+
+    model_dir = ROOT / "model"
+    if not (model_dir / "manifest.json").is_file():
+        pytest.skip("no ensemble shipped in model/")
+    shipped = manifest.load(model_dir)
+    assert shipped.name != "test-fixture" and "FIXTURE" not in shipped.description
+    assert len(shipped.folds) == 5 and "youden" in shipped.threshold.method
+    assert shipped.provenance["out_of_fold"]["n"] > 0 and shipped.provenance["versions"]["timm"]
+    sizes = [(model_dir / fold.file).stat().st_size for fold in shipped.folds]
+    assert sum(sizes) < 30 * 2**20
+    with safe_open(str(model_dir / shipped.folds[0].file), "np") as weights:
+        floats = {
+            str(weights.get_tensor(k).dtype)
+            for k in weights.keys()
+            if "float" in str(weights.get_tensor(k).dtype)
+        }
+    assert floats == {"float16"}
