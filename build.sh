@@ -81,7 +81,7 @@ main() {
         ensure_venv
         return
     fi
-    mkdir -p "$ROOT/model" # git keeps no empty folder; the Dockerfile copies it
+    mkdir -p "$ROOT/model" "$ROOT/build" # git keeps no empty folder; the Dockerfile copies model/
     [[ -f $ROOT/model/manifest.json || ${TARGETS[*]} == train ]] \
         || say "model/ holds no ensemble: nothing is baked in; the image then needs a model at /opt/ml/model"
     [[ $ENGINE == podman ]] && pip_mounts

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from pathlib import Path
 
-from amf.errors import AmfError
+from amf.errors import AmfError, InputError
 
 log = logging.getLogger("amf")
 
@@ -23,6 +25,11 @@ def add_predict(commands: argparse._SubParsersAction) -> None:
         help="ensemble folder (default: /opt/ml/model if it has a manifest, else model/)",
     )
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnx"),
+        help="auto: ONNX Runtime if the manifest names a graph, else PyTorch (default: $AMF_BACKEND or auto)",
+    )
     parser.set_defaults(handler=_predict)
 
 
@@ -30,19 +37,239 @@ def _predict(args: argparse.Namespace) -> None:
     from amf import predict
 
     model_dir = args.model or predict.default_model_dir()
-    predict.run(args.input, args.output, model_dir, batch_size=args.batch_size)
+    predict.run(args.input, args.output, model_dir, batch_size=args.batch_size, backend=args.backend)
+
+
+def add_export(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("export", help="write the ensemble as ONNX graphs checked against PyTorch")
+    repo = Path(__file__).resolve().parent.parent
+    parser.add_argument("--model", type=Path, default=repo / "model", help="ensemble folder (default model/)")
+    parser.add_argument(
+        "--crops",
+        type=Path,
+        default=repo / "test" / "input",
+        help="real crops for the parity check: stack, crop or folder (default: test/input)",
+    )
+    parser.add_argument("--max-crops", type=int, default=16, help="crops compared (default 16)")
+    parser.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto")
+    parser.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from amf import export
+
+    spec = export.export(args.model, args.crops, exporter=args.exporter, max_crops=args.max_crops)
+    for variant in ("fp32", "fp16"):
+        entry = spec.onnx[variant]
+        print(f"{args.model / entry['file']}: max |ONNX - PyTorch| {entry['max_abs_diff']:.2g}")
+
+
+def add_dataset(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("dataset", help="build the unified dataset table and print its Table 1")
+    parser.add_argument("--midog25", type=Path, help="MIDOG25 Track 2 label CSV")
+    parser.add_argument("--midog25-images", type=Path, help="folder of MIDOG25 crops (default: the CSV's)")
+    parser.add_argument("--amibr", type=Path, help="AMi-Br folder (AMI-BR.csv, patches/) or its CSV")
+    parser.add_argument("--amibr-split", choices=("all", "train", "test"), default="all")
+    parser.add_argument("--folder", type=Path, action="append", default=[], help="ROOT/{atypical,normal}/*")
+    parser.add_argument("--out", type=Path, help="write the table here (CSV)")
+    parser.add_argument("--by", default="cancer_type", help="summary column (default: cancer_type)")
+    parser.add_argument("--strict", action="store_true", help="fail if any image file is missing")
+    parser.add_argument("--link", type=Path, help="symlink the crops into this folder (an inference input)")
+    parser.set_defaults(handler=_dataset)
+
+
+def _dataset(args: argparse.Namespace) -> None:
+    from amf import dataset
+
+    sources = []
+    if args.midog25:
+        sources.append(dataset.read_midog25(args.midog25, args.midog25_images))
+    if args.amibr:
+        sources.append(dataset.read_amibr(args.amibr, split=args.amibr_split))
+    sources += [dataset.read_folder(root) for root in args.folder]
+    if not sources:
+        raise InputError("give at least one of --midog25, --amibr, --folder")
+    samples = dataset.unify(*sources)
+    present = dataset.check_images(samples, strict=args.strict)
+    print(dataset.format_summary(dataset.summary(samples, args.by), args.by.replace("_", " ").capitalize()))
+    if args.out:
+        log.info("%d rows -> %s", len(samples), dataset.save_table(samples, args.out))
+    if args.link:
+        log.info("%d crops linked into %s", dataset.link_images(present, args.link), args.link)
+
+
+def add_plan(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("plan", help="write a cross-validation plan (leave-one-domain-out x folds)")
+    parser.add_argument("--table", type=Path, required=True, help="dataset table from `amf dataset`")
+    parser.add_argument(
+        "--domain",
+        default="cancer_type",
+        help="column held out in turn: cancer_type, scanner, source, species; 'all': no hold-out",
+    )
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True, help="plan file (JSON)")
+    parser.set_defaults(handler=_plan)
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from amf import dataset, splits
+
+    samples = dataset.load_table(args.table)
+    column = None if args.domain == "all" else args.domain
+    plan = splits.make_plan(
+        samples, table=args.table, domain_column=column, n_folds=args.folds, seed=args.seed
+    )
+    splits.save_plan(plan, args.out)
+    for name, split in plan.domains.items():
+        sizes = "/".join(str(len(f)) for f in split.folds)
+        print(f"{name}: held out {len(split.test)}, validation folds {sizes}")
+    log.info("%d models -> %s", len(plan.tasks()), args.out)
+
+
+def add_train(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train", help="train a plan's models (skips finished ones, resumes killed ones)"
+    )
+    parser.add_argument("--plan", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="run folder")
+    parser.add_argument("--domain", help="only this held-out domain (name or folder name)")
+    parser.add_argument("--fold", type=int, help="only this fold")
+    parser.add_argument("--index", type=int, help="only the index-th (domain, fold) of the plan (array jobs)")
+    parser.add_argument("--strict", action="store_true", help="fail if any image file is missing")
+    options = parser.add_argument_group("training settings (default: the run folder's, else the built-in)")
+    options.add_argument("--arch", dest="architecture", help="timm model name (default efficientvit_l2)")
+    options.add_argument("--size", type=int, help="input size in px (default 256)")
+    options.add_argument("--pretrained", help="'hub', a weight file, or 'none' (default)")
+    options.add_argument("--epochs", type=int)
+    options.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    options.add_argument("--batch-size", type=int)
+    options.add_argument("--weight-decay", type=float)
+    options.add_argument("--warmup", type=float, help="share of steps warming up")
+    options.add_argument("--stain", type=float, help="H&E jitter strength, 0 = off (default 0.05)")
+    options.add_argument(
+        "--soft-labels", action=argparse.BooleanOptionalAction, help="targets = expert vote share"
+    )
+    options.add_argument("--focal-gamma", type=float)
+    options.add_argument("--focal-alpha", type=float, help="< 0: no class weighting (default)")
+    options.add_argument("--epoch-size", type=int, help="crops drawn per epoch (default: training set size)")
+    options.add_argument("--patience", type=int, help="early stop after N epochs without better AUROC")
+    options.add_argument("--amp", action=argparse.BooleanOptionalAction, help="mixed precision on GPU")
+    options.add_argument("--workers", type=int, help="data loading processes")
+    options.add_argument("--seed", type=int)
+    parser.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from dataclasses import asdict, fields
+
+    from amf import plan, train
+
+    run_file = args.out / plan.RUN_FILE
+    saved = json.loads(run_file.read_text())["config"] if run_file.is_file() else {}
+    given = {
+        f.name: getattr(args, f.name) for f in fields(train.TrainConfig) if getattr(args, f.name) is not None
+    }
+    if given.get("pretrained") == "none":
+        given["pretrained"] = None
+    config = train.TrainConfig(**{**asdict(train.TrainConfig()), **saved, **given})
+    plan.run_plan(
+        args.plan, args.out, config, domain=args.domain, fold=args.fold, index=args.index, strict=args.strict
+    )
+
+
+def add_assemble(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("assemble", help="combine a domain's fold models into an ensemble folder")
+    parser.add_argument("--run", type=Path, required=True, help="run folder from `amf train`")
+    parser.add_argument("--domain", default="all", help="default: all (the all-domains plan)")
+    parser.add_argument("--out", type=Path, help="copy weights + manifest here (e.g. model/)")
+    parser.add_argument("--threshold", default="youden", help="youden, otsu or a number (default youden)")
+    parser.set_defaults(handler=_assemble)
+
+
+def _assemble(args: argparse.Namespace) -> None:
+    from amf import plan
+
+    ensemble = plan.assemble(args.run, args.domain, args.out, method=args.threshold)
+    oof = ensemble.provenance["out_of_fold"]
+    print(
+        f"{ensemble.name}: threshold {ensemble.threshold.value:.4f} ({ensemble.threshold.method}); "
+        f"out-of-fold AUROC {oof['roc_auc']:.4f}, balanced accuracy {oof['balanced_accuracy']:.4f}"
+    )
+
+
+def add_evaluate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("evaluate", help="Table 2, ROC and confusion figures for a trained run")
+    parser.add_argument("--run", type=Path, required=True, help="run folder from `amf train`")
+    parser.add_argument("--out", type=Path, required=True, help="report folder")
+    parser.add_argument("--tta", choices=("none", "flips", "dihedral"), default="none")
+    parser.add_argument(
+        "--by", default="cancer_type", help="grouping of an all-domains run's OOF predictions"
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from amf import evaluate
+
+    report = evaluate.evaluate(args.run, args.out, tta=args.tta, by=args.by, batch_size=args.batch_size)
+    print(evaluate.format_table(report))
+
+
+def add_score(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("score", help="the official Track 2 evaluator on a folder of output JSONs")
+    parser.add_argument(
+        "--predictions", type=Path, required=True, help="outputs (see amf.score), or a predictions.csv"
+    )
+    truth = parser.add_mutually_exclusive_group(required=True)
+    truth.add_argument("--ground-truth", type=Path, help="organisers' ground_truth.json format")
+    truth.add_argument("--table", type=Path, help="dataset table (labels) for a predictions.csv")
+    parser.add_argument("--by", default="cancer_type", help="domain column of --table (default cancer_type)")
+    parser.add_argument("--out", type=Path, help="write metrics JSON here")
+    parser.add_argument(
+        "--confidence",
+        choices=("p-atypical", "winning-class"),
+        default="p-atypical",
+        help="score for ROC AUC: confidence as is, or 1-confidence when class is normal",
+    )
+    parser.set_defaults(handler=_score)
+
+
+def _score(args: argparse.Namespace) -> None:
+    from amf import io, score
+    from amf.metrics import json_safe
+
+    if args.table:
+        metrics = score.score_csv(args.predictions, args.table, by=args.by)
+    else:
+        metrics = score.score(args.predictions, args.ground_truth, confidence=args.confidence)
+    metrics = json_safe(metrics)
+    print(json.dumps(metrics, indent=2))
+    if args.out:
+        io.write_json_atomic(args.out, metrics)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amf", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     add_predict(commands)
+    add_export(commands)
+    add_dataset(commands)
+    add_plan(commands)
+    add_train(commands)
+    add_assemble(commands)
+    add_evaluate(commands)
+    add_score(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; an AmfError becomes one line on stderr and exit status 2."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet = os.environ.get("RANK", "0") != "0"  # torchrun: only the first process reports progress
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)

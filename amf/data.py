@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from amf.augment import augment, dihedral
 from amf.dataset import Sample
 from amf.ensemble import Ensemble
 from amf.errors import InputError
+from amf.io import write_text_atomic
 from amf.manifest import InputSpec
 from amf.preprocess import prepare
 
@@ -106,12 +108,11 @@ class BalancedSampler(Sampler):
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write dict rows as CSV atomically (a killed run never leaves half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

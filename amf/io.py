@@ -190,16 +190,17 @@ def write_predictions(output_dir: Path, records: list[dict[str, Any]], names: li
         writer.writerow(["file", "p_atypical", "class"])
         rows = zip(names, records, strict=True)
         writer.writerows([name, repr(r["confidence"]), r["class"]] for name, r in rows)
-        _write_text_atomic(output_dir / CSV_NAME, text.getvalue())
+        write_text_atomic(output_dir / CSV_NAME, text.getvalue())
     write_json_atomic(output_dir / OUTPUT_NAME, records)
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
     """Write JSON beside `path` under a temporary name, then rename it into place."""
-    return _write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
-def _write_text_atomic(path: Path, text: str) -> Path:
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` beside `path` under a temporary name, then rename it into place."""
     path = Path(path)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

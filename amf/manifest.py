@@ -20,6 +20,7 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "amf-ensemble/1"
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 REDUCTIONS = ("mean_probability",)
+ONNX_VARIANTS = ("fp32", "fp16")  # written by amf.export, served by amf.onnx_runtime
 _REQUIRED = ("format", "architecture", "input", "folds", "threshold")
 _OPTIONAL = ("name", "description", "reduction", "positive_class", "onnx", "provenance")
 
@@ -131,8 +132,22 @@ def _check(manifest: Manifest, source: str) -> None:
         problems.append(f"reduction must be one of {REDUCTIONS}")
     if manifest.positive_class != "atypical":
         problems.append("positive_class must be 'atypical'")
+    if manifest.onnx is not None:
+        problems += _onnx_problems(manifest.onnx)
     if problems:
         raise ModelError(f"{source}: " + "; ".join(problems))
+
+
+def _onnx_problems(onnx: Any) -> list[str]:
+    """The onnx entry maps variants (fp32, fp16) to {"file": ..., "sha256": ...}, beside metadata."""
+    if not isinstance(onnx, dict):
+        return [f"onnx must be an object or null, got {type(onnx).__name__}"]
+    graphs = [onnx[key] for key in ONNX_VARIANTS if key in onnx]
+    if not graphs:
+        return [f"onnx names no graph; expected at least one of {ONNX_VARIANTS}"]
+    if not all(isinstance(graph, dict) and isinstance(graph.get("file"), str) for graph in graphs):
+        return [f"onnx.{'/'.join(ONNX_VARIANTS)} must each be an object with a 'file' string"]
+    return []
 
 
 def load(model_dir: Path) -> Manifest:

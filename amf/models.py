@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from amf.errors import ModelError
-from amf.manifest import InputSpec
+from amf.manifest import INTERPOLATIONS, InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def default_input_spec(architecture: str, size: int) -> InputSpec:
         size=size,
         mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-        interpolation=interpolation if interpolation in ("bicubic", "bilinear", "nearest") else "bicubic",
+        interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
     )
 
 

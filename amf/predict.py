@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from amf import io, manifest
-from amf.errors import ModelError
+from amf.errors import AmfError, ModelError
 from amf.preprocess import prepare
 
 log = logging.getLogger(__name__)
 
 GRAND_CHALLENGE_MODEL_DIR = Path("/opt/ml/model")
 BAKED_MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
+BACKENDS = ("auto", "torch", "onnx")
+BACKEND_VARIABLE = "AMF_BACKEND"
+
+
+class Predictor(Protocol):
+    """What both back ends offer: (N, 3, S, S) float32 from `prepare` -> (N,) float64 P(atypical)."""
+
+    def predict(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 def default_model_dir() -> Path:
@@ -25,17 +35,36 @@ def default_model_dir() -> Path:
     return BAKED_MODEL_DIR
 
 
-def run(input_path: Path, output_dir: Path, model_dir: Path, *, batch_size: int = 64) -> int:
+def load_predictor(spec: manifest.Manifest, model_dir: Path, backend: str | None = None) -> Predictor:
+    """The ensemble on a back end: ONNX Runtime when the manifest names a graph, else PyTorch.
+
+    `backend` (or the AMF_BACKEND variable when it is None) forces "torch" or "onnx". Each back
+    end's module is imported only here: the ONNX path never loads torch or timm.
+    """
+    backend = backend or os.environ.get(BACKEND_VARIABLE) or "auto"
+    if backend not in BACKENDS:
+        raise AmfError(f"back end must be one of {BACKENDS}, got {backend!r} (flag or {BACKEND_VARIABLE})")
+    if backend == "onnx" or (backend == "auto" and spec.onnx):
+        from amf.onnx_runtime import OnnxEnsemble
+
+        return OnnxEnsemble.load(spec, model_dir)
+    from amf.ensemble import Ensemble
+
+    return Ensemble.load(spec, model_dir)
+
+
+def run(
+    input_path: Path, output_dir: Path, model_dir: Path, *, batch_size: int = 64, backend: str | None = None
+) -> int:
     """Classify every crop under `input_path` and write the predictions to `output_dir`.
 
     Returns the number of crops classified. Raises AmfError (nothing written) on bad input,
     a bad ensemble or a non-finite prediction.
     """
     spec = manifest.load(model_dir)
+    log.info("ensemble %r from %s, threshold %.4f", spec.name, model_dir, spec.threshold.value)
     job = io.discover(input_path)
-    from amf.ensemble import Ensemble  # torch loads only after the cheap checks have passed
-
-    ensemble = Ensemble.load(spec, model_dir)
+    ensemble = load_predictor(spec, model_dir, backend)  # heavy imports only after the cheap checks
     names: list[str] = []
     scores: list[np.ndarray] = []
     for pages, batch_names in _batches(job, batch_size):

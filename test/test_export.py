@@ -1,0 +1,110 @@
+"""amf.export: one ONNX graph per variant, checked against the PyTorch ensemble, or nothing written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURE_ENSEMBLE, SAMPLE_INPUT
+
+from amf import export, manifest, onnx_runtime
+from amf.__main__ import main
+from amf.ensemble import Ensemble
+from amf.errors import ModelError
+
+
+def _copy_fixture(folder: Path) -> Path:
+    return Path(shutil.copytree(FIXTURE_ENSEMBLE, folder / "ensemble"))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed 3-fold fixture ensemble (test_efficientnet, 64 px), exported by the CLI."""
+    model_dir = _copy_fixture(tmp_path_factory.mktemp("exported"))
+    status = main(["export", "--model", str(model_dir), "--crops", str(SAMPLE_INPUT), "--exporter", "dynamo"])
+    assert status == 0
+    return model_dir
+
+
+def _session(model_dir: Path, variant: str) -> onnx_runtime.OnnxEnsemble:
+    path = model_dir / export.FILES[variant]
+    return onnx_runtime.OnnxEnsemble(onnx_runtime.open_session(path, [onnx_runtime.CPU]))
+
+
+def test_export_records_checked_graphs_in_manifest(exported: Path) -> None:
+    record = manifest.load(exported).onnx
+    assert (record["opset"], record["parity_crops"]) == (18, 6)
+    for variant in ("fp32", "fp16"):
+        entry = record[variant]
+        assert entry["exporter"] == "dynamo"
+        assert entry["sha256"] == manifest.sha256_of(exported / entry["file"])
+        assert 0 <= entry["max_abs_diff"] <= entry["tolerance"] == export.TOLERANCE[variant]
+    assert not list(exported.glob(".onnx-export-*")), "temporary folder left behind"
+
+
+@pytest.mark.parametrize("count", [1, 2, 6, 13])
+def test_fp32_graph_matches_pytorch_at_any_batch_size(exported: Path, count: int) -> None:
+    spec = manifest.load(exported)
+    crops = export.parity_batch(SAMPLE_INPUT, spec, max_crops=16)
+    batch = np.resize(crops, (count, *crops.shape[1:]))  # repeats the 6 real crops as needed
+    expected = Ensemble.load(spec, exported, device=torch.device("cpu")).predict(batch)
+    predicted = _session(exported, "fp32").predict(batch)
+    assert predicted.shape == (count,) and predicted.dtype == np.float64
+    np.testing.assert_allclose(predicted, expected, atol=1e-5)
+
+
+def test_fp16_graph_is_smaller_and_close(exported: Path) -> None:
+    spec = manifest.load(exported)
+    batch = export.parity_batch(SAMPLE_INPUT, spec, max_crops=16)
+    fp32, fp16 = (exported / export.FILES[v] for v in ("fp32", "fp16"))
+    assert fp16.stat().st_size < 0.7 * fp32.stat().st_size
+    np.testing.assert_allclose(
+        _session(exported, "fp16").predict(batch), _session(exported, "fp32").predict(batch), atol=1e-2
+    )
+
+
+def test_failed_dynamo_export_falls_back_to_torchscript(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(export, "_export_dynamo", broken)
+    model_dir = _copy_fixture(tmp_path)
+    with pytest.raises(ModelError, match="dynamo ONNX export failed.*unsupported operator"):
+        export.export(model_dir, SAMPLE_INPUT, exporter="dynamo")
+    record = export.export(model_dir, SAMPLE_INPUT, exporter="auto").onnx
+    assert record["fp32"]["exporter"] == record["fp16"]["exporter"] == "torchscript"
+    assert record["fp32"]["max_abs_diff"] <= export.TOLERANCE["fp32"]
+
+
+def test_parity_failure_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir = _copy_fixture(tmp_path)
+    before = {path.name: path.read_bytes() for path in model_dir.iterdir()}
+    predict = Ensemble.predict
+    monkeypatch.setattr(Ensemble, "predict", lambda self, batch: predict(self, batch) * 0.5)
+    with pytest.raises(ModelError, match=r"ensemble\.fp32\.onnx: ONNX differs from PyTorch by 0\.2"):
+        export.export(model_dir, SAMPLE_INPUT, exporter="torchscript")
+    assert {path.name: path.read_bytes() for path in model_dir.iterdir()} == before
+
+
+def test_unknown_exporter_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="exporter must be one of"):
+        export.export(tmp_path, SAMPLE_INPUT, exporter="tensorrt")
+
+
+@pytest.mark.parametrize(
+    ("onnx", "message"),
+    [
+        ("ensemble.onnx", "onnx must be an object or null"),
+        ({"opset": 18}, "onnx names no graph"),
+        ({"fp32": {"sha256": "0"}}, "must each be an object with a 'file' string"),
+    ],
+)
+def test_manifest_rejects_malformed_onnx_entry(onnx: object, message: str) -> None:
+    data = manifest.load(FIXTURE_ENSEMBLE).to_dict() | {"onnx": onnx}
+    with pytest.raises(ModelError, match=message):
+        manifest.from_dict(data)

@@ -1,0 +1,226 @@
+"""amf.onnx_runtime, and the container run end to end through both back ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT
+from onnx import TensorProto, helper
+
+from amf import io, manifest, onnx_runtime, predict
+from amf.errors import ModelError
+from amf.manifest import Fold, InputSpec, Manifest, Threshold
+
+SPEC = InputSpec(size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def _mean_sigmoid_graph(path: Path) -> None:
+    """A stand-in ensemble graph: P = sigmoid(mean of each crop), batch axis dynamic."""
+    crops = helper.make_tensor_value_info("crops", TensorProto.FLOAT, ["batch", 3, 16, 16])
+    output = helper.make_tensor_value_info("p_atypical", TensorProto.FLOAT, ["batch"])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3])
+    nodes = [
+        helper.make_node("ReduceMean", ["crops", "axes"], ["mean"], keepdims=0),
+        helper.make_node("Sigmoid", ["mean"], ["p_atypical"]),
+    ]
+    graph = helper.make_graph(nodes, "mean_sigmoid", [crops], [output], [axes])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+
+
+def _manifest(onnx_entry: dict) -> Manifest:
+    return Manifest(
+        architecture="stand-in",
+        input=SPEC,
+        folds=(Fold("unused.safetensors"),),
+        threshold=Threshold(0.5, "fixed"),
+        onnx=onnx_entry,
+    )
+
+
+@pytest.fixture
+def graph_dir(tmp_path: Path) -> Path:
+    _mean_sigmoid_graph(tmp_path / "graph.onnx")
+    return tmp_path
+
+
+def test_predicts_float64_probabilities_for_any_batch(graph_dir: Path) -> None:
+    spec = _manifest({"fp32": {"file": "graph.onnx", "sha256": manifest.sha256_of(graph_dir / "graph.onnx")}})
+    ensemble = onnx_runtime.OnnxEnsemble.load(spec, graph_dir, providers=[onnx_runtime.CPU])
+    for count in (1, 5):
+        batch = np.random.default_rng(count).normal(size=(count, 3, 16, 16)).astype(np.float32)
+        predicted = ensemble.predict(batch)
+        assert predicted.dtype == np.float64 and predicted.shape == (count,)
+        np.testing.assert_allclose(predicted, 1 / (1 + np.exp(-batch.mean(axis=(1, 2, 3)))), atol=1e-6)
+
+
+def test_missing_graph_names_the_file(graph_dir: Path) -> None:
+    spec = _manifest({"fp32": {"file": "gone.onnx"}})
+    with pytest.raises(ModelError, match=r"gone\.onnx: ONNX graph \(fp32\) named in the manifest is missing"):
+        onnx_runtime.OnnxEnsemble.load(spec, graph_dir, providers=[onnx_runtime.CPU])
+
+
+def test_altered_graph_is_refused(graph_dir: Path) -> None:
+    spec = _manifest({"fp32": {"file": "graph.onnx", "sha256": "0" * 64}})
+    with pytest.raises(ModelError, match=r"graph\.onnx: sha256 differs"):
+        onnx_runtime.OnnxEnsemble.load(spec, graph_dir, providers=[onnx_runtime.CPU])
+
+
+def test_unreadable_graph_is_a_model_error(graph_dir: Path) -> None:
+    (graph_dir / "graph.onnx").write_bytes(b"not a protobuf")
+    with pytest.raises(ModelError, match=r"graph\.onnx: ONNX Runtime cannot load it"):
+        onnx_runtime.OnnxEnsemble.load(_manifest({"fp32": {"file": "graph.onnx"}}), graph_dir)
+
+
+def test_manifest_without_graph_is_a_model_error(graph_dir: Path) -> None:
+    with pytest.raises(ModelError, match="names no ONNX graph; run `python -m amf export`"):
+        onnx_runtime.OnnxEnsemble.load(_manifest(None), graph_dir)
+
+
+@pytest.mark.parametrize(
+    ("graphs", "on_gpu", "expected"),
+    [
+        ({"fp32": 0, "fp16": 0}, True, "fp16"),
+        ({"fp32": 0, "fp16": 0}, False, "fp32"),
+        ({"fp16": 0}, False, "fp16"),
+    ],
+)
+def test_variant_follows_the_device(graphs: dict, on_gpu: bool, expected: str) -> None:
+    assert onnx_runtime.pick_variant(graphs, on_gpu=on_gpu) == expected
+
+
+def test_cuda_is_requested_only_when_it_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_runtime.ort, "get_available_providers", lambda: [onnx_runtime.CPU])
+    assert onnx_runtime.default_providers() == [onnx_runtime.CPU]
+    available = [onnx_runtime.CUDA, onnx_runtime.CPU]
+    monkeypatch.setattr(onnx_runtime.ort, "get_available_providers", lambda: available)
+
+    def no_driver(name: str) -> None:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(onnx_runtime.ctypes, "CDLL", no_driver)
+    assert onnx_runtime.default_providers() == [onnx_runtime.CPU]
+
+
+def test_usable_cpus_within_affinity() -> None:
+    assert 1 <= onnx_runtime.usable_cpus() <= len(os.sched_getaffinity(0))
+
+
+# --- the container end to end, through both back ends ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from amf import export
+
+    model_dir = Path(shutil.copytree(FIXTURE_ENSEMBLE, tmp_path_factory.mktemp("e2e") / "ensemble"))
+    export.export(model_dir, SAMPLE_INPUT)
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def reference(exported: Path) -> np.ndarray:
+    """P(atypical) of the PyTorch ensemble for the sample stack, computed in this process."""
+    import torch
+
+    from amf.ensemble import Ensemble
+    from amf.preprocess import prepare
+
+    spec = manifest.load(exported)
+    pages = io.read_pages(io.discover(SAMPLE_INPUT).files[0])
+    return Ensemble.load(spec, exported, device=torch.device("cpu")).predict(prepare(pages, spec.input))
+
+
+def _inference(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != predict.BACKEND_VARIABLE} | (env or {})
+    command = [sys.executable, str(ROOT / "inference.py"), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_container_run_through_each_backend(
+    exported: Path, reference: np.ndarray, tmp_path: Path, backend: str
+) -> None:
+    result = _inference(
+        "--input",
+        str(SAMPLE_INPUT),
+        "--output",
+        str(tmp_path),
+        "--model",
+        str(exported),
+        "--backend",
+        backend,
+    )
+    assert result.returncode == 0, result.stderr
+    records = json.loads((tmp_path / io.OUTPUT_NAME).read_text())
+    assert [r["class"] for r in records] == ["atypical" if p >= 0.5 else "normal" for p in reference]
+    assert all(isinstance(r["confidence"], float) for r in records)
+    np.testing.assert_allclose([r["confidence"] for r in records], reference, atol=1e-5)
+
+
+def test_environment_variable_forces_torch(exported: Path, tmp_path: Path) -> None:
+    result = _inference(
+        "--input",
+        str(SAMPLE_INPUT),
+        "--output",
+        str(tmp_path),
+        "--model",
+        str(exported),
+        env={"AMF_BACKEND": "torch"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "amf.ensemble: loaded 3 x test_efficientnet" in result.stderr and "ONNX Runtime" not in result.stderr
+    )
+
+
+def test_unknown_backend_in_environment_is_one_line_error(exported: Path, tmp_path: Path) -> None:
+    result = _inference(
+        "--input",
+        str(SAMPLE_INPUT),
+        "--output",
+        str(tmp_path),
+        "--model",
+        str(exported),
+        env={"AMF_BACKEND": "tvm"},
+    )
+    assert result.returncode == 2
+    assert "back end must be one of" in result.stderr and "AMF_BACKEND" in result.stderr
+    assert not (tmp_path / io.OUTPUT_NAME).exists()
+
+
+def test_onnx_path_never_imports_torch_or_timm(exported: Path, tmp_path: Path) -> None:
+    code = (
+        "import sys; from amf.__main__ import main; "
+        f"status = main(['predict', '--input', {str(SAMPLE_INPUT)!r}, '--output', {str(tmp_path)!r}, "
+        f"'--model', {str(exported)!r}]); "
+        "print(status, sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert result.stdout.split() == ["0", "[]"], result.stderr
+    assert "ONNX Runtime: fp32 graph" in result.stderr
+
+
+def test_missing_onnx_file_fails_naming_it(exported: Path, tmp_path: Path) -> None:
+    broken = Path(shutil.copytree(exported, tmp_path / "broken"))
+    (broken / "ensemble.fp32.onnx").unlink()
+    result = _inference(
+        "--input", str(SAMPLE_INPUT), "--output", str(tmp_path / "out"), "--model", str(broken)
+    )
+    assert result.returncode == 2
+    assert "ensemble.fp32.onnx: ONNX graph (fp32) named in the manifest is missing" in result.stderr
+    assert not (tmp_path / "out" / io.OUTPUT_NAME).exists()
+
+
+def test_forcing_onnx_without_graph_is_a_model_error() -> None:
+    with pytest.raises(ModelError, match="names no ONNX graph"):
+        predict.load_predictor(manifest.load(FIXTURE_ENSEMBLE), FIXTURE_ENSEMBLE, "onnx")
