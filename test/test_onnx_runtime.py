@@ -138,9 +138,13 @@ def reference(exported: Path) -> np.ndarray:
     return Ensemble.load(spec, exported, device=torch.device("cpu")).predict(prepare(pages, spec.input))
 
 
-def _inference(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _inference(
+    model: Path, output: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python inference.py` on the sample input, as the container runs it."""
     environment = {k: v for k, v in os.environ.items() if k != predict.BACKEND_VARIABLE} | (env or {})
-    command = [sys.executable, str(ROOT / "inference.py"), *args]
+    command = [sys.executable, str(ROOT / "inference.py"), "--input", str(SAMPLE_INPUT)]
+    command += ["--output", str(output), "--model", str(model), *args]
     return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
 
 
@@ -148,16 +152,7 @@ def _inference(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 def test_container_run_through_each_backend(
     exported: Path, reference: np.ndarray, tmp_path: Path, backend: str
 ) -> None:
-    result = _inference(
-        "--input",
-        str(SAMPLE_INPUT),
-        "--output",
-        str(tmp_path),
-        "--model",
-        str(exported),
-        "--backend",
-        backend,
-    )
+    result = _inference(exported, tmp_path, "--backend", backend)
     assert result.returncode == 0, result.stderr
     records = json.loads((tmp_path / io.OUTPUT_NAME).read_text())
     assert [r["class"] for r in records] == ["atypical" if p >= 0.5 else "normal" for p in reference]
@@ -166,15 +161,7 @@ def test_container_run_through_each_backend(
 
 
 def test_environment_variable_forces_torch(exported: Path, tmp_path: Path) -> None:
-    result = _inference(
-        "--input",
-        str(SAMPLE_INPUT),
-        "--output",
-        str(tmp_path),
-        "--model",
-        str(exported),
-        env={"AMF_BACKEND": "torch"},
-    )
+    result = _inference(exported, tmp_path, env={"AMF_BACKEND": "torch"})
     assert result.returncode == 0, result.stderr
     assert (
         "amf.ensemble: loaded 3 x test_efficientnet" in result.stderr and "ONNX Runtime" not in result.stderr
@@ -182,15 +169,7 @@ def test_environment_variable_forces_torch(exported: Path, tmp_path: Path) -> No
 
 
 def test_unknown_backend_in_environment_is_one_line_error(exported: Path, tmp_path: Path) -> None:
-    result = _inference(
-        "--input",
-        str(SAMPLE_INPUT),
-        "--output",
-        str(tmp_path),
-        "--model",
-        str(exported),
-        env={"AMF_BACKEND": "tvm"},
-    )
+    result = _inference(exported, tmp_path, env={"AMF_BACKEND": "tvm"})
     assert result.returncode == 2
     assert "back end must be one of" in result.stderr and "AMF_BACKEND" in result.stderr
     assert not (tmp_path / io.OUTPUT_NAME).exists()
@@ -213,9 +192,7 @@ def test_onnx_path_never_imports_torch_or_timm(exported: Path, tmp_path: Path) -
 def test_missing_onnx_file_fails_naming_it(exported: Path, tmp_path: Path) -> None:
     broken = Path(shutil.copytree(exported, tmp_path / "broken"))
     (broken / "ensemble.fp32.onnx").unlink()
-    result = _inference(
-        "--input", str(SAMPLE_INPUT), "--output", str(tmp_path / "out"), "--model", str(broken)
-    )
+    result = _inference(broken, tmp_path / "out")
     assert result.returncode == 2
     assert "ensemble.fp32.onnx: ONNX graph (fp32) named in the manifest is missing" in result.stderr
     assert not (tmp_path / "out" / io.OUTPUT_NAME).exists()
