@@ -52,13 +52,15 @@ predict() {
     fi >"$output.log" 2>&1
 }
 
-# train_cli ARGS...: the training image's command line (or the local one), data read-only.
+# train_cli ARGS...: the training image's command line (or the local one), data read-only
+# when this checkout has ../shared/data beside it.
 train_cli() {
     if [[ $ENGINE == none ]]; then
         (cd "$ROOT" && "$PY" -m amf "$@")
     else
-        engine run --rm --network none --read-only --tmpfs /tmp --volume "$DATA:/data:ro" \
-            "$AMF_TRAIN_IMAGE" "$@"
+        local args=(run --rm --network none --read-only --tmpfs /tmp)
+        [[ -d $DATA ]] && args+=(--volume "$DATA:/data:ro")
+        engine "${args[@]}" "$AMF_TRAIN_IMAGE" "$@"
     fi
 }
 
