@@ -112,6 +112,13 @@ class _Runtime:
         return self.rank == 0
 
 
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """torchvision's sigmoid focal loss, mean over the batch; targets may be soft (expert votes)."""
+    return sigmoid_focal_loss(
+        logits, targets, alpha=config.focal_alpha, gamma=config.focal_gamma, reduction="mean"
+    )
+
+
 def train(
     train_samples: Sequence[Sample],
     val_samples: Sequence[Sample],
@@ -266,9 +273,7 @@ def _train_epoch(
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = network(images).float().reshape(-1)
-        loss = sigmoid_focal_loss(
-            logits, targets, alpha=config.focal_alpha, gamma=config.focal_gamma, reduction="mean"
-        )
+        loss = focal_loss(logits, targets, config)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -311,9 +316,7 @@ def _validate(
             logits.append(model(batch).float().reshape(-1).cpu())
     logits = torch.cat(logits)
     targets = torch.as_tensor(labels, dtype=torch.float32)
-    loss = sigmoid_focal_loss(
-        logits, targets, alpha=config.focal_alpha, gamma=config.focal_gamma, reduction="mean"
-    )
+    loss = focal_loss(logits, targets, config)
     scores = torch.sigmoid(logits).double().numpy()
     balanced = binary_metrics(labels, scores, threshold=otsu_threshold(scores))["balanced_accuracy"]
     return {"val_loss": loss.item(), "val_auroc": auroc(labels, scores), "val_ba_otsu": balanced}
