@@ -71,12 +71,17 @@ def evaluate(
     return report
 
 
-def _held_out(run_dir: Path, plan: Plan, domain: str, tta: str, batch_size: int) -> DomainScores:
-    """The fold ensemble of `domain` on that domain's held-out crops."""
+def _domain_ensemble(run_dir: Path, domain: str) -> tuple[Path, manifest.Manifest]:
+    """The domain's fold ensemble in the run folder, assembled first if the run has not yet."""
     ensemble_dir = Path(run_dir) / slug(domain)
     if not (ensemble_dir / manifest.MANIFEST_NAME).is_file():
         assemble(run_dir, domain)
-    spec = manifest.load(ensemble_dir)
+    return ensemble_dir, manifest.load(ensemble_dir)
+
+
+def _held_out(run_dir: Path, plan: Plan, domain: str, tta: str, batch_size: int) -> DomainScores:
+    """The fold ensemble of `domain` on that domain's held-out crops."""
+    ensemble_dir, spec = _domain_ensemble(run_dir, domain)
     samples = plan_samples(plan)
     test = check_images([samples[i] for i in plan.domains[domain].test])
     crops = load_crops(test)
@@ -95,10 +100,8 @@ def _held_out(run_dir: Path, plan: Plan, domain: str, tta: str, batch_size: int)
 def _out_of_fold(run_dir: Path, plan: Plan, by: str) -> list[DomainScores]:
     """The all-domains run's out-of-fold predictions, grouped by the table column `by`."""
     (domain,) = plan.domains
-    ensemble_dir = Path(run_dir) / slug(domain)
-    if not (ensemble_dir / manifest.MANIFEST_NAME).is_file():
-        assemble(run_dir, domain)
-    fixed = manifest.load(ensemble_dir).threshold.value
+    ensemble_dir, spec = _domain_ensemble(run_dir, domain)
+    fixed = spec.threshold.value
     samples = plan_samples(plan)
     rows = read_rows(ensemble_dir / OOF_PREDICTIONS)
     groups: dict[str, list[dict[str, str]]] = {}
