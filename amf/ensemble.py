@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from amf import models
-from amf.errors import ModelError
-from amf.manifest import Manifest, sha256_of
+from amf.manifest import Manifest, check_sha256
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,7 @@ class Ensemble:
         members = []
         for fold in manifest.folds:
             path = Path(model_dir) / fold.file
-            if fold.sha256 is not None and sha256_of(path) != fold.sha256:
-                raise ModelError(f"{path}: sha256 differs from the manifest's; wrong or damaged file")
+            check_sha256(path, fold.sha256)
             model = models.load_weights(models.create(manifest.architecture), path)
             model = model.to(device=device, dtype=serving_dtype(device), memory_format=torch.channels_last)
             members.append(model.eval())

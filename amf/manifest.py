@@ -77,6 +77,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_sha256(path: Path, expected: str | None) -> None:
+    """Refuse a file whose sha256 is not the manifest's (no check when none is recorded)."""
+    if expected and sha256_of(path) != expected:
+        raise ModelError(f"{path}: sha256 differs from the manifest's; wrong or damaged file")
+
+
 def from_dict(data: dict[str, Any], *, source: str = "manifest") -> Manifest:
     """Validate a parsed manifest; every error names `source` and the offending key."""
     if not isinstance(data, dict):

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from amf.errors import ModelError
-from amf.manifest import Manifest, sha256_of
+from amf.manifest import Manifest, check_sha256
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -105,8 +105,7 @@ class OnnxEnsemble:
         path = Path(model_dir) / entry["file"]
         if not path.is_file():
             raise ModelError(f"{path}: ONNX graph ({variant}) named in the manifest is missing")
-        if entry.get("sha256") and sha256_of(path) != entry["sha256"]:
-            raise ModelError(f"{path}: sha256 differs from the manifest's; wrong or damaged file")
+        check_sha256(path, entry.get("sha256"))
         session = open_session(path, providers)
         used = session.get_providers()[0]
         if used != providers[0]:
