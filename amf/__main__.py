@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from amf.errors import AmfError, InputError
+from amf.manifest import TTA_VIEWS
 
 log = logging.getLogger("amf")
 
@@ -184,13 +185,16 @@ def add_assemble(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--domain", default="all", help="default: all (the all-domains plan)")
     parser.add_argument("--out", type=Path, help="copy weights + manifest here (e.g. model/)")
     parser.add_argument("--threshold", default="youden", help="youden, otsu or a number (default youden)")
+    parser.add_argument(
+        "--tta", choices=list(TTA_VIEWS), default="none", help="test-time views the ensemble is served with"
+    )
     parser.set_defaults(handler=_assemble)
 
 
 def _assemble(args: argparse.Namespace) -> None:
     from amf import plan
 
-    ensemble = plan.assemble(args.run, args.domain, args.out, method=args.threshold)
+    ensemble = plan.assemble(args.run, args.domain, args.out, method=args.threshold, tta=args.tta)
     oof = ensemble.provenance["out_of_fold"]
     print(
         f"{ensemble.name}: threshold {ensemble.threshold.value:.4f} ({ensemble.threshold.method}); "
@@ -202,7 +206,9 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("evaluate", help="Table 2, ROC and confusion figures for a trained run")
     parser.add_argument("--run", type=Path, required=True, help="run folder from `amf train`")
     parser.add_argument("--out", type=Path, required=True, help="report folder")
-    parser.add_argument("--tta", choices=("none", "flips", "dihedral"), default="none")
+    parser.add_argument(
+        "--tta", choices=list(TTA_VIEWS), help="re-assemble with these test-time views (default: as is)"
+    )
     parser.add_argument(
         "--by", default="cancer_type", help="grouping of an all-domains run's OOF predictions"
     )

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from skimage.color import hed_from_rgb, rgb_from_hed
 
+from amf.preprocess import dihedral
+
 _LOG_FLOOR = 1e-6  # as scikit-image: black pixels get a finite optical density
 
 
@@ -37,14 +39,6 @@ def stain_jitter(image: np.ndarray, rng: np.random.Generator, *, strength: float
     scale = rng.uniform(1.0 - strength, 1.0 + strength, size=3)
     shift = rng.uniform(-strength, strength, size=3)
     return hed_to_rgb(rgb_to_hed(image) * scale + shift)
-
-
-def dihedral(image: np.ndarray, k: int) -> np.ndarray:
-    """One of the 8 symmetries of the square on the last-but-one two axes of (..., H, W, C)."""
-    if not 0 <= k < 8:
-        raise ValueError(f"dihedral transform index must be in 0..7, got {k}")
-    rotated = np.rot90(image, k % 4, axes=(-3, -2))
-    return np.ascontiguousarray(rotated[..., ::-1, :] if k >= 4 else rotated)
 
 
 def augment(image: np.ndarray, rng: np.random.Generator, *, stain: float) -> np.ndarray:

@@ -21,17 +21,16 @@ import torch
 from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 
 from amf import io
-from amf.augment import augment, dihedral
+from amf.augment import augment
 from amf.dataset import Sample
 from amf.ensemble import Ensemble
 from amf.errors import InputError
 from amf.io import write_text_atomic
-from amf.manifest import InputSpec
+from amf.manifest import TTA_VIEWS, InputSpec
+from amf.predict import predict_views
 from amf.preprocess import prepare
 
 log = logging.getLogger(__name__)
-
-TTA_VIEWS = {"none": (0,), "flips": (0, 2, 4, 6), "dihedral": tuple(range(8))}
 
 
 def load_crops(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
@@ -53,14 +52,13 @@ def predict_crops(
     tta: str = "none",
     batch_size: int = 64,
 ) -> np.ndarray:
-    """Mean P(atypical) of `ensemble` over the TTA views (dihedral transforms of the uint8 crops)."""
+    """Mean P(atypical) of `ensemble` over the test-time views `tta`, batch by batch, as served."""
     if tta not in TTA_VIEWS:
         raise InputError(f"test-time augmentation must be one of {list(TTA_VIEWS)}, got {tta!r}")
     scores = np.zeros(len(crops))
     for start in range(0, len(crops), batch_size):
         batch = crops[start : start + batch_size]
-        views = [ensemble.predict(prepare([dihedral(c, k) for c in batch], spec)) for k in TTA_VIEWS[tta]]
-        scores[start : start + len(batch)] = np.mean(views, axis=0)
+        scores[start : start + len(batch)] = predict_views(ensemble, prepare(batch, spec), tta)
     return scores
 
 

@@ -1,7 +1,7 @@
 """Evaluating a run: the paper's Table 2, Figure 1 (ROC curves) and Figure 2 (confusion matrices).
 
 Leave-one-domain-out run: each held-out domain is scored by the mean P(atypical) of its fold
-models through `amf.ensemble.Ensemble` (optionally with test-time augmentation), thresholded by
+models through `amf.ensemble.Ensemble` (with its manifest's test-time views), thresholded by
 Otsu's method on those scores (label-free, as the paper does) and by the ensemble manifest's own
 out-of-fold threshold (what the container would use). All-domains run: the out-of-fold
 predictions, grouped by a table column, stand in for held-out domains.
@@ -43,18 +43,23 @@ class DomainScores:
 
 
 def evaluate(
-    run_dir: Path, out_dir: Path, *, tta: str = "none", by: str = "cancer_type", batch_size: int = 64
+    run_dir: Path, out_dir: Path, *, tta: str | None = None, by: str = "cancer_type", batch_size: int = 64
 ) -> dict[str, Any]:
-    """Score every domain of a run; write table2.md, metrics.json, roc.png, confusion.png, predictions.csv."""
+    """Score every domain of a run; write table2.md, metrics.json, roc.png, confusion.png, predictions.csv.
+
+    `tta` (re)assembles each domain's ensemble with those test-time views; None keeps what the
+    run's ensembles were assembled with (none for ensembles not yet assembled).
+    """
     plan, _ = load_run(run_dir)
+    ensembles = {name: _domain_ensemble(run_dir, name, tta) for name in plan.domains}
     if any(split.test for split in plan.domains.values()):
-        domains = [_held_out(run_dir, plan, name, tta, batch_size) for name in plan.domains]
+        domains = [_held_out(plan, name, *ensembles[name], batch_size) for name in plan.domains]
     else:
-        domains = _out_of_fold(run_dir, plan, by)
+        domains = _out_of_fold(plan, *ensembles[next(iter(plan.domains))], by)
     report = {
         "run": str(Path(run_dir).resolve()),
         "evaluated": "held-out domains" if plan.domain_column else f"out-of-fold predictions by {by}",
-        "tta": tta if plan.domain_column else "none",
+        "tta": sorted({spec.tta for _, spec in ensembles.values()}),
         "thresholds": THRESHOLDS,
         "domains": {d.name: _metrics(d.labels, d.scores, d.thresholds) for d in domains},
     }
@@ -71,17 +76,20 @@ def evaluate(
     return report
 
 
-def _domain_ensemble(run_dir: Path, domain: str) -> tuple[Path, manifest.Manifest]:
-    """The domain's fold ensemble in the run folder, assembled first if the run has not yet."""
+def _domain_ensemble(run_dir: Path, domain: str, tta: str | None) -> tuple[Path, manifest.Manifest]:
+    """The domain's fold ensemble in the run folder, assembled first if missing or with other views."""
     ensemble_dir = Path(run_dir) / slug(domain)
     if not (ensemble_dir / manifest.MANIFEST_NAME).is_file():
-        assemble(run_dir, domain)
+        assemble(run_dir, domain, tta=tta or "none")
+    elif tta is not None and manifest.load(ensemble_dir).tta != tta:
+        assemble(run_dir, domain, tta=tta)
     return ensemble_dir, manifest.load(ensemble_dir)
 
 
-def _held_out(run_dir: Path, plan: Plan, domain: str, tta: str, batch_size: int) -> DomainScores:
-    """The fold ensemble of `domain` on that domain's held-out crops."""
-    ensemble_dir, spec = _domain_ensemble(run_dir, domain)
+def _held_out(
+    plan: Plan, domain: str, ensemble_dir: Path, spec: manifest.Manifest, batch_size: int
+) -> DomainScores:
+    """The fold ensemble of `domain` on that domain's held-out crops, through its test-time views."""
     samples = plan_samples(plan)
     test = check_images([samples[i] for i in plan.domains[domain].test])
     crops = load_crops(test)
@@ -89,7 +97,7 @@ def _held_out(run_dir: Path, plan: Plan, domain: str, tta: str, batch_size: int)
         Ensemble.load(spec, ensemble_dir),
         [crops[s.id] for s in test],
         spec.input,
-        tta=tta,
+        tta=spec.tta,
         batch_size=batch_size,
     )
     labels = np.array([s.label for s in test])
@@ -97,10 +105,8 @@ def _held_out(run_dir: Path, plan: Plan, domain: str, tta: str, batch_size: int)
     return DomainScores(domain, tuple(s.id for s in test), labels, scores, thresholds)
 
 
-def _out_of_fold(run_dir: Path, plan: Plan, by: str) -> list[DomainScores]:
-    """The all-domains run's out-of-fold predictions, grouped by the table column `by`."""
-    (domain,) = plan.domains
-    ensemble_dir, spec = _domain_ensemble(run_dir, domain)
+def _out_of_fold(plan: Plan, ensemble_dir: Path, spec: manifest.Manifest, by: str) -> list[DomainScores]:
+    """The all-domains run's out-of-fold predictions (as assembled), grouped by the table column `by`."""
     fixed = spec.threshold.value
     samples = plan_samples(plan)
     rows = read_rows(ensemble_dir / OOF_PREDICTIONS)
@@ -139,7 +145,7 @@ def _pooled(domains: list[DomainScores]) -> DomainScores:
 
 def format_table(report: dict[str, Any]) -> str:
     """Table 2 (one block per threshold): ROC AUC, balanced, NMF and AMF accuracy per domain."""
-    blocks = []
+    blocks = [f"Test-time views: {', '.join(report['tta'])}"]
     for name, meaning in THRESHOLDS.items():
         lines = [
             f"Threshold: {meaning}",

@@ -21,8 +21,11 @@ FORMAT = "amf-ensemble/1"
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 REDUCTIONS = ("mean_probability",)
 ONNX_VARIANTS = ("fp32", "fp16")  # written by amf.export, served by amf.onnx_runtime
+# Test-time augmentation: the symmetries of the square (amf.preprocess.dihedral) whose
+# predictions are averaged, by the container and by the out-of-fold scores behind the threshold.
+TTA_VIEWS = {"none": (0,), "flips": (0, 2, 4, 6), "dihedral": tuple(range(8))}
 _REQUIRED = ("format", "architecture", "input", "folds", "threshold")
-_OPTIONAL = ("name", "description", "reduction", "positive_class", "onnx", "provenance")
+_OPTIONAL = ("name", "description", "reduction", "tta", "positive_class", "onnx", "provenance")
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Manifest:
     name: str = ""
     description: str = ""
     reduction: str = "mean_probability"
+    tta: str = "none"
     positive_class: str = "atypical"
     onnx: dict[str, Any] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -136,6 +140,8 @@ def _check(manifest: Manifest, source: str) -> None:
         problems.append(f"threshold.value must be in [0, 1], got {manifest.threshold.value}")
     if manifest.reduction not in REDUCTIONS:
         problems.append(f"reduction must be one of {REDUCTIONS}")
+    if manifest.tta not in TTA_VIEWS:
+        problems.append(f"tta must be one of {list(TTA_VIEWS)}, got {manifest.tta!r}")
     if manifest.positive_class != "atypical":
         problems.append("positive_class must be 'atypical'")
     if manifest.onnx is not None:

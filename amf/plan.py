@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from amf import io, manifest
-from amf.data import load_crops, read_rows, write_rows
+from amf.data import load_crops, predict_crops, read_rows, write_rows
 from amf.dataset import Sample, check_images, load_table
+from amf.ensemble import Ensemble
 from amf.errors import InputError, ModelError
 from amf.manifest import Fold, Manifest, Threshold
 from amf.metrics import binary_metrics, choose_threshold
@@ -126,7 +127,9 @@ def load_run(run_dir: Path) -> tuple[Plan, TrainConfig]:
     return load_plan(Path(data["plan"])), TrainConfig(**data["config"])
 
 
-def assemble(run_dir: Path, domain: str, target: Path | None = None, *, method: str = "youden") -> Manifest:
+def assemble(
+    run_dir: Path, domain: str, target: Path | None = None, *, method: str = "youden", tta: str = "none"
+) -> Manifest:
     """Make one domain's fold models an ensemble, its threshold chosen on out-of-fold predictions.
 
     Args:
@@ -134,6 +137,8 @@ def assemble(run_dir: Path, domain: str, target: Path | None = None, *, method: 
         target: a folder to copy the weights and manifest into (e.g. model/); None writes the
             manifest in the run folder itself, referring to the fold folders.
         method: 'youden' (max balanced accuracy on the OOF labels), 'otsu' (label-free) or a number.
+        tta: the test-time views the ensemble is served with; each fold's validation crops are
+            scored again through them, so the threshold fits the scores the container makes.
     """
     run_dir = Path(run_dir)
     plan, config = load_run(run_dir)
@@ -143,7 +148,7 @@ def assemble(run_dir: Path, domain: str, target: Path | None = None, *, method: 
     if unfinished:
         raise ModelError(f"cannot assemble {domain!r}: unfinished folds {unfinished}")
     members = [manifest.load(d) for d in dirs]
-    oof = [row for d in dirs for row in read_rows(d / VAL_PREDICTIONS)]
+    oof = _out_of_fold_rows(plan, dirs, members, tta)
     labels = np.array([int(row["label"]) for row in oof])
     scores = np.array([float(row["p_atypical"]) for row in oof])
     try:
@@ -158,9 +163,12 @@ def assemble(run_dir: Path, domain: str, target: Path | None = None, *, method: 
         architecture=config.architecture,
         input=members[0].input,
         folds=folds,
-        threshold=Threshold(threshold, f"{method} on {len(oof)} out-of-fold predictions"),
+        threshold=Threshold(
+            threshold, f"{method} on {len(oof)} out-of-fold predictions, test-time views: {tta}"
+        ),
         name=f"{config.architecture}-{config.size}px-{len(folds)}fold-{slug(domain)}",
         description=f"{len(folds)}-fold ensemble trained on {plan.table} ({_held_out(plan, domain)})",
+        tta=tta,
         provenance={
             "plan": json.loads((run_dir / RUN_FILE).read_text())["plan"],
             "domain": domain,
@@ -174,6 +182,23 @@ def assemble(run_dir: Path, domain: str, target: Path | None = None, *, method: 
     manifest.save(ensemble, target or domain_dir)
     log.info("%s: %d folds, threshold %.4f (%s)", target or domain_dir, len(folds), threshold, method)
     return ensemble
+
+
+def _out_of_fold_rows(
+    plan: Plan, dirs: list[Path], members: list[Manifest], tta: str
+) -> list[dict[str, Any]]:
+    """Each fold's validation predictions: as training wrote them, or scored again through `tta`."""
+    rows = [read_rows(d / VAL_PREDICTIONS) for d in dirs]
+    if tta == "none":
+        return [row for fold in rows for row in fold]
+    samples = plan_samples(plan)
+    crops = load_crops(check_images([samples[row["id"]] for fold in rows for row in fold], strict=True))
+    for d, member, fold in zip(dirs, members, rows, strict=True):
+        ensemble = Ensemble.load(member, d)
+        scores = predict_crops(ensemble, [crops[row["id"]] for row in fold], member.input, tta=tta)
+        for row, score in zip(fold, scores, strict=True):
+            row["p_atypical"] = repr(float(score))
+    return [row for fold in rows for row in fold]
 
 
 def _place_folds(

@@ -12,7 +12,7 @@ import numpy as np
 
 from amf import io, manifest
 from amf.errors import AmfError, ModelError
-from amf.preprocess import prepare
+from amf.preprocess import prepare, views
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,11 @@ class Predictor(Protocol):
     """What both back ends offer: (N, 3, S, S) float32 from `prepare` -> (N,) float64 P(atypical)."""
 
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def predict_views(predictor: Predictor, batch: np.ndarray, tta: str) -> np.ndarray:
+    """Mean P(atypical) over the test-time views of a prepared batch, as the container serves it."""
+    return np.mean([predictor.predict(view) for view in views(batch, tta)], axis=0)
 
 
 def default_model_dir() -> Path:
@@ -62,14 +67,20 @@ def run(
     a bad ensemble or a non-finite prediction.
     """
     spec = manifest.load(model_dir)
-    log.info("ensemble %r from %s, threshold %.4f", spec.name, model_dir, spec.threshold.value)
+    log.info(
+        "ensemble %r from %s, test-time views %s, threshold %.4f",
+        spec.name,
+        model_dir,
+        spec.tta,
+        spec.threshold.value,
+    )
     job = io.discover(input_path)
     ensemble = load_predictor(spec, model_dir, backend)  # heavy imports only after the cheap checks
     names: list[str] = []
     scores: list[np.ndarray] = []
     for pages, batch_names in _batches(job, batch_size):
         names += batch_names
-        scores.append(ensemble.predict(prepare(pages, spec.input)))
+        scores.append(predict_views(ensemble, prepare(pages, spec.input), spec.tta))
     probabilities = np.concatenate(scores)
     if not np.all(np.isfinite(probabilities)):
         raise ModelError(f"{model_dir}: ensemble produced non-finite P(atypical); weights are broken")

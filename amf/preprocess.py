@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from amf.manifest import InputSpec
+from amf.manifest import TTA_VIEWS, InputSpec
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -36,3 +36,19 @@ def prepare(pages: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
     for i, page in enumerate(pages):
         batch[i] = (resize(page, spec).transpose(2, 0, 1) - mean) / std
     return batch
+
+
+def dihedral(array: np.ndarray, k: int, axes: tuple[int, int] = (-3, -2)) -> np.ndarray:
+    """Symmetry k (0..7) of the square on two axes: k % 4 quarter turns, then a mirror if k >= 4.
+
+    The default axes are H and W of (..., H, W, C) crops; test-time views use those of (N, C, H, W).
+    """
+    if not 0 <= k < 8:
+        raise ValueError(f"dihedral transform index must be in 0..7, got {k}")
+    rotated = np.rot90(array, k % 4, axes=axes)
+    return np.ascontiguousarray(np.flip(rotated, axes[1]) if k >= 4 else rotated)
+
+
+def views(batch: np.ndarray, tta: str) -> list[np.ndarray]:
+    """A prepared (N, 3, S, S) batch under each symmetry of the test-time augmentation `tta`."""
+    return [dihedral(batch, k, axes=(-2, -1)) for k in TTA_VIEWS[tta]]

@@ -153,7 +153,7 @@ def scorer(approach: str, model_dir: Path, weights: Path) -> Callable[[list[np.n
         return Reference(weights).predict
     spec = manifest.load(model_dir)
     predictor = predict.load_predictor(spec, model_dir, approach)
-    return lambda pages: predictor.predict(prepare(pages, spec.input))
+    return lambda pages: predict.predict_views(predictor, prepare(pages, spec.input), spec.tta)
 
 
 def warm_seconds(run: Callable[[], object], repeats: int) -> float:

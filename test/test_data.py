@@ -7,10 +7,9 @@ import pytest
 from synthetic_data import TINY, make_samples
 
 from amf import data, manifest, models
-from amf.augment import dihedral
 from amf.ensemble import Ensemble
 from amf.errors import InputError
-from amf.preprocess import prepare
+from amf.preprocess import dihedral, prepare
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from conftest import shared_data
 from PIL import Image
 from synthetic_data import TINY, make_table
 
-from amf import evaluate, plan, splits
+from amf import evaluate, manifest, plan, splits
 from amf.__main__ import main
 from amf.data import read_rows
 from amf.metrics import binary_metrics, otsu_threshold
@@ -35,6 +35,7 @@ def test_held_out_domains_report(lodo_run, tmp_path):
         "confusion.png", "metrics.json", "predictions.csv", "roc.png", "table2.md"
     ]  # fmt: skip
     assert list(report["domains"]) == ["alpha", "beta", evaluate.POOLED]
+    assert report["tta"] == ["flips"] and manifest.load(lodo_run / "beta").tta == "flips"
     rows = read_rows(tmp_path / "predictions.csv")
     alpha = [r for r in rows if r["domain"] == "alpha"]
     labels = np.array([int(r["label"]) for r in alpha])
@@ -49,6 +50,7 @@ def test_held_out_domains_report(lodo_run, tmp_path):
         json.loads((tmp_path / "metrics.json").read_text())["domains"]["Pooled"]["otsu"]["threshold"] is None
     )
     table = (tmp_path / "table2.md").read_text()
+    assert table.startswith("Test-time views: flips")
     assert "| alpha | 36 | 12 |" in table and "| Pooled | 72 | 24 |" in table
     for figure in ("roc.png", "confusion.png"):
         assert Image.open(tmp_path / figure).size[0] > 500

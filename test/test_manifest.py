@@ -51,6 +51,7 @@ def test_unknown_and_missing_keys_are_listed(fixture_ensemble: Path, tmp_path: P
         ({"folds": []}, "folds is empty"),
         ({"input": {"size": 64, "mean": [0, 0, 0], "std": [0, 1, 1]}}, "std > 0"),
         ({"reduction": "max"}, "reduction must be one of"),
+        ({"tta": "spin"}, "tta must be one of"),
         ({"format": "other/9"}, "format 'other/9' is not"),
         ({"folds": [{"file": "a"}, {"file": "a"}]}, "lists a file twice"),
         ({"folds": [{"path": "a"}]}, "malformed entry"),

@@ -126,16 +126,17 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(exported: Path) -> np.ndarray:
-    """P(atypical) of the PyTorch ensemble for the sample stack, computed in this process."""
+def reference(exported: Path) -> dict[str, np.ndarray]:
+    """P(atypical) of the PyTorch ensemble for the sample stack, computed in this process, by TTA."""
     import torch
 
     from amf.ensemble import Ensemble
     from amf.preprocess import prepare
 
     spec = manifest.load(exported)
-    pages = io.read_pages(io.discover(SAMPLE_INPUT).files[0])
-    return Ensemble.load(spec, exported, device=torch.device("cpu")).predict(prepare(pages, spec.input))
+    batch = prepare(io.read_pages(io.discover(SAMPLE_INPUT).files[0]), spec.input)
+    ensemble = Ensemble.load(spec, exported, device=torch.device("cpu"))
+    return {tta: predict.predict_views(ensemble, batch, tta) for tta in manifest.TTA_VIEWS}
 
 
 def _inference(
@@ -148,16 +149,23 @@ def _inference(
     return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
 
 
+@pytest.mark.parametrize("tta", ["none", "dihedral"])
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_container_run_through_each_backend(
-    exported: Path, reference: np.ndarray, tmp_path: Path, backend: str
+    exported: Path, reference: dict[str, np.ndarray], tmp_path: Path, backend: str, tta: str
 ) -> None:
-    result = _inference(exported, tmp_path, "--backend", backend)
+    """Both back ends serve the manifest's test-time views: the mean over the turned batch."""
+    served = Path(shutil.copytree(exported, tmp_path / "model"))
+    spec = json.loads((served / manifest.MANIFEST_NAME).read_text()) | {"tta": tta}
+    (served / manifest.MANIFEST_NAME).write_text(json.dumps(spec))
+    result = _inference(served, tmp_path / "out", "--backend", backend)
     assert result.returncode == 0, result.stderr
-    records = json.loads((tmp_path / io.OUTPUT_NAME).read_text())
-    assert [r["class"] for r in records] == ["atypical" if p >= 0.5 else "normal" for p in reference]
+    records = json.loads((tmp_path / "out" / io.OUTPUT_NAME).read_text())
+    expected = reference[tta]
+    assert [r["class"] for r in records] == ["atypical" if p >= 0.5 else "normal" for p in expected]
     assert all(isinstance(r["confidence"], float) for r in records)
-    np.testing.assert_allclose([r["confidence"] for r in records], reference, atol=1e-5)
+    np.testing.assert_allclose([r["confidence"] for r in records], expected, atol=1e-5)
+    assert np.abs(reference["dihedral"] - reference["none"]).max() > 1e-3  # the views do matter
 
 
 def test_environment_variable_forces_torch(exported: Path, tmp_path: Path) -> None:

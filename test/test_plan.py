@@ -10,13 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from synthetic_data import TINY, make_table
 
 from amf import manifest, plan, predict, splits
 from amf.data import read_rows
+from amf.ensemble import Ensemble
 from amf.errors import InputError, ModelError
 from amf.metrics import youden_threshold
-from amf.train import RESULT
+from amf.preprocess import prepare
+from amf.train import RESULT, VAL_PREDICTIONS
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,8 @@ def test_assembled_folder_serves_with_the_oof_threshold(lodo, tmp_path):
     labels = np.array([int(r["label"]) for r in oof])
     scores = np.array([float(r["p_atypical"]) for r in oof])
     assert ensemble.threshold.value == youden_threshold(labels, scores)
-    assert ensemble.threshold.method == f"youden on {len(oof)} out-of-fold predictions"
+    assert ensemble.threshold.method == f"youden on {len(oof)} out-of-fold predictions, test-time views: none"
+    assert ensemble.tta == "none"
     assert ensemble.provenance["training"]["architecture"] == TINY.architecture
     assert manifest.load(target) == ensemble
     crops = root / "crops" / "alpha"
@@ -76,6 +80,28 @@ def test_assembled_folder_serves_with_the_oof_threshold(lodo, tmp_path):
     assert plan.assemble(run, "beta", tmp_path / "otsu", method="otsu").threshold.method.startswith("otsu")
     with pytest.raises(InputError, match="must be one of"):
         plan.assemble(run, "beta", tmp_path / "bad", method="median")
+
+
+def test_assembling_with_test_time_views_rescores_each_fold_as_served(lodo, tmp_path):
+    """The threshold of a TTA ensemble is chosen on out-of-fold scores made through the same views."""
+    run = _copy_run(lodo, tmp_path)
+    plain = read_rows(run / "beta" / plan.OOF_PREDICTIONS)
+    ensemble = plan.assemble(run, "beta", tta="flips")
+    assert ensemble.tta == "flips" == manifest.load(run / "beta").tta
+    assert ensemble.threshold.method.endswith("test-time views: flips")
+    rows = read_rows(run / "beta" / plan.OOF_PREDICTIONS)
+    assert [r["id"] for r in rows] == [r["id"] for r in plain]
+    fold_dir = run / "beta" / "fold1"
+    fold = manifest.load(fold_dir)
+    ids = [r["id"] for r in read_rows(fold_dir / VAL_PREDICTIONS)]
+    samples = plan.plan_samples(plan.load_run(run)[0])
+    crops = prepare([np.asarray(Image.open(samples[i].image).convert("RGB")) for i in ids], fold.input)
+    served = predict.predict_views(Ensemble.load(fold, fold_dir), crops, "flips")
+    rescored = {r["id"]: float(r["p_atypical"]) for r in rows}
+    np.testing.assert_allclose([rescored[i] for i in ids], served, rtol=1e-6)
+    scores = np.array([float(r["p_atypical"]) for r in rows])
+    assert not np.allclose(scores, [float(r["p_atypical"]) for r in plain])
+    assert ensemble.threshold.value == youden_threshold(np.array([int(r["label"]) for r in rows]), scores)
 
 
 def test_selection_and_settings_errors(lodo):

@@ -1,11 +1,12 @@
-"""amf.preprocess: shape, normalisation, resizing."""
+"""amf.preprocess: shape, normalisation, resizing, the dihedral symmetries and test-time views."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from amf.manifest import InputSpec
-from amf.preprocess import prepare, resize
+from amf.preprocess import dihedral, prepare, resize, views
 
 SPEC = InputSpec(size=32, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0))
 
@@ -36,3 +37,29 @@ def test_resize_keeps_pages_of_the_right_size() -> None:
 def test_accepts_a_stack_array() -> None:
     stack = np.zeros((4, 32, 32, 3), np.uint8)
     assert prepare(stack, SPEC).shape == (4, 3, 32, 32)
+
+
+def test_dihedral_gives_eight_distinct_invertible_views() -> None:
+    crops = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    image = crops[0]
+    symmetries = [dihedral(image, k) for k in range(8)]
+    assert len({v.tobytes() for v in symmetries}) == 8
+    np.testing.assert_array_equal(symmetries[4], image[:, ::-1])
+    np.testing.assert_array_equal(dihedral(crops, 1)[2], np.rot90(crops[2]))
+    with pytest.raises(ValueError, match="0..7"):
+        dihedral(image, 8)
+
+
+@pytest.mark.parametrize("tta, count", [("none", 1), ("flips", 4), ("dihedral", 8)])
+def test_views_of_a_prepared_batch_are_the_prepared_symmetric_crops(tta: str, count: int) -> None:
+    """Turning the network input equals preparing turned crops of the input size.
+
+    (Crops that need resizing can differ by a few grey levels on quarter turns: Pillow resamples
+    width then height, rounding and clipping in between.)
+    """
+    pages = [np.random.default_rng(k).integers(0, 256, (32, 32, 3), dtype=np.uint8) for k in range(3)]
+    batch = prepare(pages, SPEC)
+    turned = views(batch, tta)
+    assert len(turned) == count
+    for view, k in zip(turned, (0, 2, 4, 6) if tta == "flips" else range(count), strict=True):
+        np.testing.assert_array_equal(view, prepare([dihedral(p, k) for p in pages], SPEC))
