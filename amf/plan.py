@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -134,8 +134,9 @@ def assemble(
 
     Args:
         domain: the domain whose folds to combine ('all' for an all-domains plan).
-        target: a folder to copy the weights and manifest into (e.g. model/); None writes the
-            manifest in the run folder itself, referring to the fold folders.
+        target: a folder to copy the weights and manifest into as well (e.g. model/). The run
+            folder's own manifest, referring to the fold folders, is written either way, beside
+            the out-of-fold predictions behind its threshold.
         method: 'youden' (max balanced accuracy on the OOF labels), 'otsu' (label-free) or a number.
         tta: the test-time views the ensemble is served with; each fold's validation crops are
             scored again through them, so the threshold fits the scores the container makes.
@@ -158,7 +159,7 @@ def assemble(
     oof_metrics = binary_metrics(labels, scores, threshold=threshold)
     domain_dir = run_dir / slug(domain)
     write_rows(domain_dir / OOF_PREDICTIONS, oof)
-    folds = _place_folds(dirs, members, domain_dir, target)
+    folds = _place_folds(dirs, members, domain_dir, None)
     ensemble = Manifest(
         architecture=config.architecture,
         input=members[0].input,
@@ -179,7 +180,10 @@ def assemble(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     )
-    manifest.save(ensemble, target or domain_dir)
+    manifest.save(ensemble, domain_dir)  # the run folder always holds its latest assembly
+    if target is not None:
+        ensemble = replace(ensemble, folds=_place_folds(dirs, members, domain_dir, target))
+        manifest.save(ensemble, target)
     log.info("%s: %d folds, threshold %.4f (%s)", target or domain_dir, len(folds), threshold, method)
     return ensemble
 

@@ -75,6 +75,8 @@ def test_assembled_folder_serves_with_the_oof_threshold(lodo, tmp_path):
     assert ensemble.tta == "none"
     assert ensemble.provenance["training"]["architecture"] == TINY.architecture
     assert manifest.load(target) == ensemble
+    in_run = manifest.load(run / "beta")  # the run folder follows its latest assembly
+    assert (in_run.threshold, in_run.tta) == (ensemble.threshold, ensemble.tta)
     crops = root / "crops" / "alpha"
     assert predict.run(crops, tmp_path / "out", target) == len(list(crops.iterdir()))
     assert plan.assemble(run, "beta", tmp_path / "otsu", method="otsu").threshold.method.startswith("otsu")
