@@ -16,8 +16,6 @@ import json
 import logging
 import os
 import platform
-import random
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -27,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 from torchvision.ops import sigmoid_focal_loss
 from tqdm import tqdm
@@ -40,6 +37,15 @@ from amf.errors import InputError
 from amf.manifest import Fold, InputSpec, Manifest, Threshold
 from amf.metrics import auroc, binary_metrics, otsu_threshold, youden_threshold
 from amf.preprocess import prepare
+from amf.runtime import (
+    Runtime,
+    autocast_dtype,
+    barrier,
+    broadcast,
+    parallel,
+    seed_everything,
+    start_runtime,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +107,6 @@ class _Progress:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Runtime:
-    device: torch.device
-    rank: int
-    world: int
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, config: TrainConfig) -> torch.Tensor:
     """torchvision's sigmoid focal loss, mean over the batch; targets may be soft (expert votes)."""
     return sigmoid_focal_loss(
@@ -142,10 +137,10 @@ def train(
         return json.loads((out_dir / RESULT).read_text())
     if not train_samples or not val_samples:
         raise InputError(f"{out_dir}: training needs a non-empty training and validation set")
-    runtime = _runtime()
+    runtime = start_runtime()
     crops = crops if crops is not None else load_crops([*train_samples, *val_samples])
     spec = models.default_input_spec(config.architecture, config.size)
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     model = models.create(config.architecture, pretrained=config.pretrained).to(runtime.device)
     if runtime.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -154,11 +149,11 @@ def train(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * len(loader), pct_start=config.warmup
     )
-    amp_dtype = _amp_dtype(config, runtime.device)
+    amp_dtype = autocast_dtype(config.amp, runtime.device)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=amp_dtype == torch.float16)
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     progress = _resume(out_dir, parts, config, runtime.device)
-    network = _parallel(model, runtime)
+    network = parallel(model, runtime)
     val_crops = [crops[s.id] for s in val_samples]
     val_labels = np.array([s.label for s in val_samples])
     started = time.perf_counter()
@@ -169,41 +164,15 @@ def train(
         if runtime.main:
             row.update(_validate(model, val_crops, val_labels, spec, config, amp_dtype, runtime.device))
             stop = _end_epoch(out_dir, epoch, row, progress, parts, config)
-        if _broadcast(stop, runtime):
+        if broadcast(stop, runtime):
             break
     result = (
         _finish(out_dir, train_samples, val_samples, val_crops, spec, config, progress, started)
         if runtime.main
         else {}
     )
-    if runtime.world > 1:
-        dist.barrier()
+    barrier(runtime)
     return result
-
-
-def _runtime() -> _Runtime:
-    """One process, or a DDP rank when launched by torchrun (nccl on GPU, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return _Runtime(device=device, rank=dist.get_rank() if world > 1 else 0, world=world)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-
-
-def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if not config.amp or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _loader(
@@ -211,7 +180,7 @@ def _loader(
     crops: dict[str, np.ndarray],
     spec: InputSpec,
     config: TrainConfig,
-    runtime: _Runtime,
+    runtime: Runtime,
 ) -> DataLoader:
     labels = np.array([s.label for s in samples])
     targets = np.array(
@@ -237,13 +206,6 @@ def _loader(
     )
 
 
-def _parallel(model: torch.nn.Module, runtime: _Runtime) -> torch.nn.Module:
-    if runtime.world == 1:
-        return model
-    device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-
-
 def _train_epoch(
     network: torch.nn.Module,
     loader: DataLoader,
@@ -252,7 +214,7 @@ def _train_epoch(
     scaler: torch.amp.GradScaler,
     config: TrainConfig,
     amp_dtype: torch.dtype | None,
-    runtime: _Runtime,
+    runtime: Runtime,
     epoch: int,
 ) -> dict[str, float]:
     """One pass over the sampler; returns loss, learning rate, throughput and the data-wait share."""
@@ -262,7 +224,7 @@ def _train_epoch(
     total_loss = torch.zeros((), device=device)
     waited, seen, started = 0.0, 0, time.perf_counter()
     batches = tqdm(
-        loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not _show_bar(runtime)
+        loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not runtime.show_bar
     )
     iterator = iter(batches)
     for _ in range(len(loader)):
@@ -291,10 +253,6 @@ def _train_epoch(
         "data_wait_share": waited / elapsed,
         "seconds": elapsed,
     }
-
-
-def _show_bar(runtime: _Runtime) -> bool:
-    return runtime.main and sys.stderr.isatty()
 
 
 @torch.inference_mode()
@@ -378,14 +336,6 @@ def config_differences(saved: TrainConfig, wanted: TrainConfig) -> dict[str, tup
     return {
         n: (getattr(saved, n), getattr(wanted, n)) for n in names if getattr(saved, n) != getattr(wanted, n)
     }
-
-
-def _broadcast(flag: bool, runtime: _Runtime) -> bool:
-    if runtime.world == 1:
-        return flag
-    box = [flag]
-    dist.broadcast_object_list(box, src=0)
-    return bool(box[0])
 
 
 def _finish(

@@ -99,7 +99,8 @@ def test_torchrun_trains_data_parallel_on_cpu(tmp_path):
         "--batch-size",
         "8",
     ]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "amf", "train"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "amf", "train"]
     command += [
         "--plan",
         str(plan_path),
