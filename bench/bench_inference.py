@@ -5,7 +5,8 @@ much as the forward pass. For each approach this measures, in child processes:
 
 - cold: `python inference.py` (or bench/reference.py) on one stack, process start to JSON
   written, wall time, median of --cold-repeats runs, and the child's peak RSS;
-- warm: one stack (read, prepare, predict) with the model already loaded, median of --repeats;
+- warm: one stack (read, prepare, predict through the manifest's test-time views) with the
+  model already loaded, median of --repeats;
 - throughput: crops/s over a large folder (AMi-Br when present, else synthetic crops).
 
 Approaches: (1) the reference approach (bench/reference.py: one EfficientNetV2-M, one crop at a
