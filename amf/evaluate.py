@@ -79,11 +79,11 @@ def evaluate(
 def _domain_ensemble(run_dir: Path, domain: str, tta: str | None) -> tuple[Path, manifest.Manifest]:
     """The domain's fold ensemble in the run folder, assembled first if missing or with other views."""
     ensemble_dir = Path(run_dir) / slug(domain)
-    if not (ensemble_dir / manifest.MANIFEST_NAME).is_file():
-        assemble(run_dir, domain, tta=tta or "none")
-    elif tta is not None and manifest.load(ensemble_dir).tta != tta:
-        assemble(run_dir, domain, tta=tta)
-    return ensemble_dir, manifest.load(ensemble_dir)
+    if (ensemble_dir / manifest.MANIFEST_NAME).is_file():
+        spec = manifest.load(ensemble_dir)
+        if tta in (None, spec.tta):
+            return ensemble_dir, spec
+    return ensemble_dir, assemble(run_dir, domain, tta=tta or "none")
 
 
 def _held_out(

@@ -192,17 +192,17 @@ def _out_of_fold_rows(
     plan: Plan, dirs: list[Path], members: list[Manifest], tta: str
 ) -> list[dict[str, Any]]:
     """Each fold's validation predictions: as training wrote them, or scored again through `tta`."""
-    rows = [read_rows(d / VAL_PREDICTIONS) for d in dirs]
-    if tta == "none":
-        return [row for fold in rows for row in fold]
-    samples = plan_samples(plan)
-    crops = load_crops(check_images([samples[row["id"]] for fold in rows for row in fold], strict=True))
-    for d, member, fold in zip(dirs, members, rows, strict=True):
-        ensemble = Ensemble.load(member, d)
-        scores = predict_crops(ensemble, [crops[row["id"]] for row in fold], member.input, tta=tta)
-        for row, score in zip(fold, scores, strict=True):
-            row["p_atypical"] = repr(float(score))
-    return [row for fold in rows for row in fold]
+    folds = [read_rows(d / VAL_PREDICTIONS) for d in dirs]
+    rows = [row for fold in folds for row in fold]
+    if tta != "none":
+        samples = plan_samples(plan)
+        crops = load_crops(check_images([samples[row["id"]] for row in rows], strict=True))
+        for d, member, fold in zip(dirs, members, folds, strict=True):
+            ensemble = Ensemble.load(member, d)
+            scores = predict_crops(ensemble, [crops[row["id"]] for row in fold], member.input, tta=tta)
+            for row, score in zip(fold, scores, strict=True):
+                row["p_atypical"] = repr(float(score))
+    return rows
 
 
 def _place_folds(
