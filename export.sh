@@ -25,6 +25,7 @@ OUT="${1:-$ROOT/build}"
 # that it bakes them in. Without it, model/ ships as it is (PyTorch back end).
 if [[ ${AMF_ONNX:-0} == 1 ]]; then
     say "exporting model/ to ONNX, then rebuilding $AMF_IMAGE"
+    ensure_venv
     "$VENV/bin/python" -m amf export --model "$ROOT/model"
     "$ROOT/build.sh" inference
 fi

@@ -15,10 +15,17 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=docker/lib.sh
+source "$ROOT/docker/lib.sh"
 PART=${1:-ensemble}
+if [[ $PART != ensemble && $PART != lodo ]]; then
+    echo "usage: model/reproduce.sh [ensemble|lodo] [AMIBR_DIR] [WORK_DIR]" >&2
+    exit 2
+fi
 AMIBR=${2:-../shared/data/ami-br}
 WORK=${3:-../runs}
-PY=${PYTHON:-.venv/bin/python}
+[[ -n ${PYTHON:-} ]] || ensure_venv  # PYTHON=... uses another interpreter instead of .venv
+PY=${PYTHON:-$VENV/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$WORK"
 
@@ -46,9 +53,5 @@ lodo)
     # The card's leave-one-domain-out table was made before soft labels won (recipe r1 there).
     "$PY" -m amf train --plan "$WORK/plan-scanner.json" --out "$WORK/scanner-m0" "${RECIPE[@]}" --no-soft-labels
     "$PY" -m amf evaluate --run "$WORK/scanner-m0" --out "$WORK/report-scanner" --tta "$TTA"
-    ;;
-*)
-    echo "usage: model/reproduce.sh [ensemble|lodo] [AMIBR_DIR] [WORK_DIR]" >&2
-    exit 2
     ;;
 esac
