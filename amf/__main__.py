@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from amf.errors import AmfError, InputError
-from amf.manifest import TTA_VIEWS
+from amf.manifest import ONNX_VARIANTS, TTA_VIEWS
+from amf.predict import BACKENDS
 
 log = logging.getLogger("amf")
 
@@ -28,7 +29,7 @@ def add_predict(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
         "--backend",
-        choices=("auto", "torch", "onnx"),
+        choices=BACKENDS,
         help="auto: ONNX Runtime if the manifest names a graph, else PyTorch (default: $AMF_BACKEND or auto)",
     )
     parser.set_defaults(handler=_predict)
@@ -60,7 +61,7 @@ def _export(args: argparse.Namespace) -> None:
     from amf import export
 
     spec = export.export(args.model, args.crops, exporter=args.exporter, max_crops=args.max_crops)
-    for variant in ("fp32", "fp16"):
+    for variant in ONNX_VARIANTS:
         entry = spec.onnx[variant]
         print(f"{args.model / entry['file']}: max |ONNX - PyTorch| {entry['max_abs_diff']:.2g}")
 

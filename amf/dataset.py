@@ -205,8 +205,9 @@ def unify(*sources: Sequence[Sample]) -> list[Sample]:
 
 def check_images(samples: Sequence[Sample], *, strict: bool = False) -> list[Sample]:
     """The samples whose image file exists; the missing ones are reported (or fatal if `strict`)."""
-    present = [s for s in samples if Path(s.image).is_file()]
-    missing = [s for s in samples if not Path(s.image).is_file()]
+    found = [Path(s.image).is_file() for s in samples]
+    present = [s for s, ok in zip(samples, found, strict=True) if ok]
+    missing = [s for s, ok in zip(samples, found, strict=True) if not ok]
     if missing:
         by_source = Counter(s.source for s in missing)
         examples = ", ".join(s.image for s in missing[:3])

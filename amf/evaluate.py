@@ -70,8 +70,8 @@ def evaluate(
     (out_dir / "table2.md").write_text(format_table(report) + "\n")
     io.write_json_atomic(out_dir / "metrics.json", json_safe(report))
     write_rows(out_dir / "predictions.csv", _prediction_rows(domains))
-    plot_roc(domains, out_dir / "roc.png")
-    plot_confusion(domains, out_dir / "confusion.png")
+    plot_roc([*domains, pooled], out_dir / "roc.png")
+    plot_confusion([*domains, pooled], out_dir / "confusion.png")
     log.info("report -> %s", out_dir)
     return report
 
@@ -168,13 +168,13 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n\n".join(blocks)
 
 
-def plot_roc(domains: list[DomainScores], path: Path) -> Path:
-    """Figure 1: one ROC curve per domain and the pooled curve."""
+def plot_roc(panels: list[DomainScores], path: Path) -> Path:
+    """Figure 1: one ROC curve per domain (the pooled one included) on one plot."""
     from sklearn.metrics import RocCurveDisplay
 
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 6))
-    for d in [*domains, _pooled(domains)]:
+    for d in panels:
         if np.unique(d.labels).size == 2:
             RocCurveDisplay.from_predictions(
                 d.labels, d.scores, name=d.name, ax=axes, plot_chance_level=False
@@ -188,12 +188,11 @@ def plot_roc(domains: list[DomainScores], path: Path) -> Path:
     return path
 
 
-def plot_confusion(domains: list[DomainScores], path: Path) -> Path:
-    """Figure 2: confusion matrices (rows: truth, columns: prediction) at Otsu's threshold."""
+def plot_confusion(panels: list[DomainScores], path: Path) -> Path:
+    """Figure 2: one confusion matrix per domain (rows: truth, columns: prediction) at Otsu's threshold."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
     plt = _pyplot()
-    panels = [*domains, _pooled(domains)]
     columns = min(4, len(panels))
     rows = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows), squeeze=False)

@@ -270,7 +270,8 @@ def _onnx_steps(
                 load = time.perf_counter() - start
                 feed = {session.get_inputs()[0].name: batch}
                 warm = warm_seconds(lambda s=session, f=feed: s.run(None, f), repeats)
-                label = f"ONNX Runtime {session.get_providers()[0][:-17]}, {variant}, optimisation {name}"
+                provider = session.get_providers()[0].removesuffix("ExecutionProvider")
+                label = f"ONNX Runtime {provider}, {variant}, optimisation {name}"
                 rows.append((f"{label}, {threads} thread(s)", warm, load))
     return rows
 
