@@ -26,7 +26,12 @@ def add_predict(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="ensemble folder (default: /opt/ml/model if it has a manifest, else model/)",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--batch-size",
+        type=_bounded_int(1, 4096),
+        default=64,
+        help="crops per forward pass, 1-4096; memory grows with it (default 64)",
+    )
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -35,8 +40,25 @@ def add_predict(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_predict)
 
 
+def _bounded_int(low: int, high: int):
+    """An argparse type: an integer in [low, high], else a usage error (exit 2, one line)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
 def _predict(args: argparse.Namespace) -> None:
-    from amf import predict
+    from amf import predict, writing
+
+    writing.exit_on_terminate()
 
     model_dir = args.model or predict.default_model_dir()
     predict.run(args.input, args.output, model_dir, batch_size=args.batch_size, backend=args.backend)
@@ -244,7 +266,7 @@ def add_score(commands: argparse._SubParsersAction) -> None:
 
 
 def _score(args: argparse.Namespace) -> None:
-    from amf import io, score
+    from amf import score, writing
     from amf.metrics import json_safe
 
     if args.table:
@@ -254,7 +276,7 @@ def _score(args: argparse.Namespace) -> None:
     metrics = json_safe(metrics)
     print(json.dumps(metrics, indent=2))
     if args.out:
-        io.write_json_atomic(args.out, metrics)
+        writing.write_json_atomic(args.out, metrics)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    logging.captureWarnings(True)  # a library's warning is one log line, never a multi-line dump
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)

@@ -25,10 +25,10 @@ from amf.augment import augment
 from amf.dataset import Sample
 from amf.ensemble import Ensemble
 from amf.errors import InputError
-from amf.io import write_text_atomic
 from amf.manifest import TTA_VIEWS, InputSpec
 from amf.predict import predict_views
 from amf.preprocess import prepare
+from amf.writing import write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
+import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -219,7 +221,10 @@ def check_images(samples: Sequence[Sample], *, strict: bool = False) -> list[Sam
 
 
 def link_images(samples: Sequence[Sample], folder: Path) -> int:
-    """Symlink every sample's crop into `folder` by file name: an input folder for inference.py."""
+    """Hard-link (or copy) every sample's crop into `folder` by name: an input for inference.py.
+
+    Not symlinks: inference reads nothing whose real path lies outside its input folder.
+    """
     names = Counter(Path(s.image).name for s in samples)
     clashes = [name for name, count in names.items() if count > 1]
     if clashes:
@@ -229,7 +234,10 @@ def link_images(samples: Sequence[Sample], folder: Path) -> int:
     for sample in samples:
         link = folder / Path(sample.image).name
         link.unlink(missing_ok=True)
-        link.symlink_to(Path(sample.image).resolve())
+        try:
+            os.link(sample.image, link)
+        except OSError:  # another file system, or links not allowed
+            shutil.copyfile(sample.image, link)
     return len(samples)
 
 

@@ -11,3 +11,7 @@ class InputError(AmfError):
 
 class ModelError(AmfError):
     """The ensemble's manifest or weights are missing, inconsistent or unusable."""
+
+
+class OutputError(AmfError):
+    """The output folder cannot be made or written (read-only, a file, full disk)."""

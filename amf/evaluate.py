@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from amf import io, manifest
+from amf import manifest, writing
 from amf.data import load_crops, predict_crops, read_rows, write_rows
 from amf.dataset import check_images
 from amf.ensemble import Ensemble
@@ -68,7 +68,7 @@ def evaluate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "table2.md").write_text(format_table(report) + "\n")
-    io.write_json_atomic(out_dir / "metrics.json", json_safe(report))
+    writing.write_json_atomic(out_dir / "metrics.json", json_safe(report))
     write_rows(out_dir / "predictions.csv", _prediction_rows(domains))
     plot_roc([*domains, pooled], out_dir / "roc.png")
     plot_confusion([*domains, pooled], out_dir / "confusion.png")

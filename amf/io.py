@@ -1,4 +1,4 @@
-"""Finding the input, reading stacks and crops as RGB uint8 pages, writing the predictions.
+"""Finding the input and reading its crops as RGB uint8 pages, one page at a time.
 
 Three input layouts are accepted:
 
@@ -6,31 +6,35 @@ Three input layouts are accepted:
 - a single stack or crop file (`.tif`, `.tiff`, `.mha`, `.png`, `.jpg`, ...);
 - a plain folder of crop files, searched recursively.
 
-Every page, whatever its pixel format, leaves this module as an (H, W, 3) uint8 array.
+Every input is treated as hostile: only regular files whose real path lies inside the input
+folder are read, Pillow may identify only PNG, JPEG, TIFF and BMP (no format that starts another
+program), and page size and count are checked from the header before a page is decoded. Every
+page, whatever its pixel format, leaves this module as an (H, W, 3) uint8 array.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
-import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, ImageSequence
+from PIL import Image
 
+from amf import mha
 from amf.errors import InputError
 
 SLUG = "stacked-histopathology-roi-cropouts"
-OUTPUT_NAME = "multiple-mitotic-figure-classification.json"
-CSV_NAME = "predictions.csv"
 STACK_SUFFIXES = (".tif", ".tiff", ".mha")
 CROP_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".mha")
+PILLOW_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # decoded in-process; EPS & co. would run programs
+MAX_PAGE_PIXELS = 4096 * 4096  # per page; a crop is 128 x 128
+MAX_PAGES = 20_000  # per file
+MAX_INPUTS_JSON_BYTES = 1 << 20
 _CONVERT_TO_RGB = ("1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La")
 
 log = logging.getLogger(__name__)
@@ -46,47 +50,50 @@ class Job:
 
 
 def discover(input_path: Path) -> Job:
-    """Decide the layout of `input_path` and list the image files to read, in order."""
-    input_path = Path(input_path)
-    if input_path.is_file():
-        return Job(files=(input_path,), root=input_path.parent, grand_challenge=False)
-    if not input_path.is_dir():
+    """Decide the layout of `input_path` and list the image files to read, in order.
+
+    The input path itself may be a link (the user named it); nothing found below it may lead out.
+    """
+    if not Path(input_path).exists():
         raise InputError(f"{input_path}: no such file or folder")
-    if (input_path / "inputs.json").exists() or (input_path / "images" / SLUG).is_dir():
-        return Job(files=(_grand_challenge_stack(input_path),), root=input_path, grand_challenge=True)
-    files = sorted(
-        (p for p in input_path.rglob("*") if _is_crop_file(p, input_path)),
-        key=lambda p: p.relative_to(input_path).as_posix(),
-    )
+    root = Path(input_path).resolve()
+    if root.is_file():
+        return Job(files=(root,), root=root.parent, grand_challenge=False)
+    if not root.is_dir():
+        raise InputError(f"{input_path}: not a regular file or folder")
+    if (root / "inputs.json").exists() or (root / "images" / SLUG).is_dir():
+        return Job(files=(_grand_challenge_stack(root),), root=root, grand_challenge=True)
+    files = sorted(_crop_files(root), key=lambda p: p.relative_to(root).as_posix())
     if not files:
         raise InputError(f"{input_path}: no crops found (looked for {', '.join(CROP_SUFFIXES)})")
-    return Job(files=tuple(files), root=input_path, grand_challenge=False)
+    return Job(files=tuple(files), root=root, grand_challenge=False)
 
 
-def _is_crop_file(path: Path, root: Path) -> bool:
-    hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
-    return path.is_file() and not hidden and path.suffix.lower() in CROP_SUFFIXES
+def _crop_files(root: Path) -> Iterator[Path]:
+    """Crop files below `root`, hidden entries skipped; links to folders are not followed."""
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in names:
+            if not name.startswith(".") and Path(name).suffix.lower() in CROP_SUFFIXES:
+                yield confined(Path(folder) / name, root)
 
 
-def _grand_challenge_stack(input_dir: Path) -> Path:
-    """The one stack file named by the interface folder of `inputs.json`."""
-    inputs_file = input_dir / "inputs.json"
-    if not inputs_file.is_file():
-        raise InputError(f"{inputs_file}: missing; the grand-challenge layout needs it")
-    try:
-        entries = json.loads(inputs_file.read_text())
-        slugs = [entry["interface"]["slug"] for entry in entries]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise InputError(f"{inputs_file}: not a list of input sockets ({error!r})") from None
-    if SLUG not in slugs:
-        raise InputError(f"{inputs_file}: no input with slug {SLUG!r} (found {slugs})")
-    if len(slugs) > 1:
-        log.warning("%s: ignoring inputs other than %s: %s", inputs_file, SLUG, slugs)
-    entry = entries[slugs.index(SLUG)]
-    folder = input_dir / entry["interface"].get("relative_path", f"images/{SLUG}")
-    if not folder.is_dir():
-        raise InputError(f"{folder}: interface folder named in {inputs_file} is missing")
-    stacks = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in STACK_SUFFIXES)
+def confined(path: Path, root: Path) -> Path:
+    """`path` as a regular file whose real location is inside `root`, else InputError."""
+    real = path.resolve()
+    if not real.is_relative_to(root):
+        raise InputError(f"{path}: leads outside the input folder {root} (link or '..'); not read")
+    if not real.is_file():
+        raise InputError(f"{path}: not a regular file")
+    return path
+
+
+def _grand_challenge_stack(root: Path) -> Path:
+    """The one stack file in the interface folder that `inputs.json` names."""
+    inputs_file = root / "inputs.json"
+    folder = _confined_folder(root / _interface_folder(inputs_file, root), root, inputs_file)
+    candidates = [p for p in folder.iterdir() if p.suffix.lower() in STACK_SUFFIXES]
+    stacks = sorted(confined(p, root) for p in candidates)
     if not stacks:
         raise InputError(f"{folder}: no stack file ({', '.join(STACK_SUFFIXES)}, any case)")
     if len(stacks) > 1:
@@ -94,58 +101,116 @@ def _grand_challenge_stack(input_dir: Path) -> Path:
     return stacks[0]
 
 
-def read_pages(path: Path) -> list[np.ndarray]:
-    """Read every page of an image file as (H, W, 3) uint8 RGB."""
-    path = Path(path)
+def _interface_folder(inputs_file: Path, root: Path) -> str:
+    """The socket's `relative_path` from `inputs.json`, checked to be a plain relative path."""
+    if not inputs_file.exists():
+        raise InputError(f"{inputs_file}: missing; the grand-challenge layout needs it")
+    if confined(inputs_file, root).stat().st_size > MAX_INPUTS_JSON_BYTES:
+        raise InputError(f"{inputs_file}: larger than {MAX_INPUTS_JSON_BYTES} bytes; not a socket list")
     try:
-        if path.suffix.lower() == ".mha":
-            pages = _read_sitk(path)
-        else:
-            pages = _read_pillow(path)
-    except InputError:
+        entries = json.loads(inputs_file.read_bytes())
+        interfaces = [entry["interface"] for entry in entries]
+        slugs = [interface["slug"] for interface in interfaces]
+        entry = interfaces[slugs.index(SLUG)] if SLUG in slugs else None
+    except (OSError, ValueError, RecursionError, KeyError, TypeError) as error:
+        raise InputError(f"{inputs_file}: not a list of input sockets ({type(error).__name__})") from None
+    if entry is None:
+        raise InputError(f"{inputs_file}: no input with slug {SLUG!r} (found {slugs})")
+    if len(slugs) > 1:
+        log.warning("%s: ignoring inputs other than %s: %s", inputs_file, SLUG, slugs)
+    relative = entry.get("relative_path", f"images/{SLUG}")
+    plain = isinstance(relative, str) and relative and not PurePosixPath(relative).is_absolute()
+    if not plain or ".." in PurePosixPath(relative).parts:
+        raise InputError(f"{inputs_file}: relative_path must be a relative folder path, got {relative!r}")
+    return relative
+
+
+def _confined_folder(folder: Path, root: Path, named_by: Path) -> Path:
+    """`folder` when it is a folder whose real location is inside `root`, else InputError."""
+    if not folder.resolve().is_relative_to(root):
+        raise InputError(f"{folder}: folder named in {named_by} leads outside the input folder; not read")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: interface folder named in {named_by} is missing")
+    return folder
+
+
+def iter_pages(path: Path) -> Iterator[np.ndarray]:
+    """Every page of an image file as (H, W, 3) uint8 RGB, decoded one page at a time.
+
+    Raises InputError naming the file (and page) for anything unreadable, too large or empty.
+    """
+    count = 0
+    try:
+        reader = _mha_pages if Path(path).suffix.lower() == ".mha" else _pillow_pages
+        for count, page in enumerate(reader(path), start=1):
+            yield to_rgb_uint8(page, source=f"{path} page {count - 1}")
+    except (InputError, GeneratorExit):
         raise
-    except Exception as error:  # Pillow and SimpleITK raise many types for corrupt files
+    except Exception as error:  # Pillow and numpy raise many types for corrupt files
         raise InputError(f"{path}: cannot read image ({type(error).__name__}: {error})") from None
-    if not pages:
+    if count == 0:
         raise InputError(f"{path}: image has no pages")
-    return pages
 
 
-def _read_pillow(path: Path) -> list[np.ndarray]:
-    with Image.open(path) as image:
-        pages = []
-        for page in ImageSequence.Iterator(image):
+def read_pages(path: Path) -> list[np.ndarray]:
+    """All pages of a file at once: for small inputs (export checks, training crops, tests)."""
+    return list(iter_pages(path))
+
+
+def count_pages(path: Path) -> int:
+    """Decode every page once and count them: proves the file readable before a model loads."""
+    return sum(1 for _ in iter_pages(path))
+
+
+def _pillow_pages(path: Path) -> Iterator[np.ndarray]:
+    with warnings.catch_warnings():  # our own pixel limit, checked below, is the lower one
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(path, formats=PILLOW_FORMATS)
+    with image:
+        pages = getattr(image, "n_frames", 1)
+        _check_pages(path, pages)
+        for index in range(pages):
+            image.seek(index)
+            _check_pixels(path, index, *image.size)
+            page = image
             if page.mode in _CONVERT_TO_RGB:
                 page = page.convert("RGBA" if "A" in page.mode or "a" in page.mode else "RGB")
-            pages.append(to_rgb_uint8(np.asarray(page), source=f"{path} page {len(pages)}"))
-    return pages
+            yield np.asarray(page)
 
 
-def _read_sitk(path: Path) -> list[np.ndarray]:
-    import SimpleITK as sitk  # only .mha needs it; keeps start-up light for TIFF stacks
+def _mha_pages(path: Path) -> Iterator[np.ndarray]:
+    header = mha.read_header(path)
+    _check_pages(path, header.pages)
+    _check_pixels(path, 0, header.width, header.height)
+    yield from mha.iter_pages(path, header)
 
-    image = sitk.ReadImage(str(path))
-    array = sitk.GetArrayFromImage(image)
-    if image.GetNumberOfComponentsPerPixel() == 1:
-        array = array[..., None]
-    if image.GetDimension() == 2:
-        array = array[None]
-    elif image.GetDimension() != 3:
-        raise InputError(f"{path}: expected a 2-D image or a 3-D stack, got {image.GetDimension()}-D")
-    return [to_rgb_uint8(page, source=f"{path} page {i}") for i, page in enumerate(array)]
+
+def _check_pages(path: Path, pages: int) -> None:
+    if pages > MAX_PAGES:
+        raise InputError(f"{path}: {pages} pages, more than the limit of {MAX_PAGES} per file")
+
+
+def _check_pixels(path: Path, index: int, width: int, height: int) -> None:
+    if width * height > MAX_PAGE_PIXELS:
+        raise InputError(
+            f"{path} page {index}: {width} x {height} pixels, more than the limit of {MAX_PAGE_PIXELS}"
+        )
 
 
 def to_rgb_uint8(array: np.ndarray, *, source: str) -> np.ndarray:
-    """Gray, gray+alpha, RGB or RGBA of any integer or float type -> (H, W, 3) uint8."""
+    """Gray, gray+alpha, RGB or RGBA of any integer or float type -> (H, W, 3) uint8.
+
+    One rule per pixel type, never a guess from the values: uint8 as is; every wider integer
+    type is 16-bit (0-65535 -> 0-255, values outside are an error); float must lie in [0, 1]
+    (-> 0-255); bool is 0 or 255. Alpha is dropped, gray repeated.
+    """
     array = np.asarray(array)
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4) or min(array.shape[:2]) < 1:
         raise InputError(f"{source}: unsupported page shape {array.shape}")
-    array = _to_uint8(array, source=source)
-    if array.shape[-1] < 3:
-        array = np.repeat(array[..., :1], 3, axis=-1)
-    return np.ascontiguousarray(array[..., :3])
+    array = array[..., :3] if array.shape[-1] >= 3 else np.repeat(array[..., :1], 3, axis=-1)
+    return np.ascontiguousarray(_to_uint8(array, source=source))
 
 
 def _to_uint8(array: np.ndarray, *, source: str) -> np.ndarray:
@@ -156,12 +221,18 @@ def _to_uint8(array: np.ndarray, *, source: str) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)):
             raise InputError(f"{source}: page contains NaN or infinite values")
-        scale = 255.0 if array.max(initial=0.0) <= 1.0 else 1.0
-        return np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise InputError(
+                f"{source}: float pixels must lie in [0, 1], found [{low:g}, {high:g}]; "
+                "save 0-255 data as uint8"
+            )
+        return np.rint(array.astype(np.float32) * 255.0).astype(np.uint8)
     if np.issubdtype(array.dtype, np.integer):
-        top = 65535 if array.dtype == np.uint16 or array.max(initial=0) > 255 else 255
-        scaled = np.clip(array.astype(np.float64), 0, top) * (255.0 / top)
-        return np.rint(scaled).astype(np.uint8)
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 65535:
+            raise InputError(f"{source}: integer pixels must lie in 0-65535 (16-bit), found [{low}, {high}]")
+        return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     raise InputError(f"{source}: unsupported pixel type {array.dtype}")
 
 
@@ -169,46 +240,3 @@ def page_names(path: Path, root: Path, count: int) -> list[str]:
     """Names for predictions.csv: the file relative to the input folder, `#page` if several."""
     relative = Path(path).relative_to(root).as_posix()
     return [relative] if count == 1 else [f"{relative}#{i}" for i in range(count)]
-
-
-def predictions(probabilities: np.ndarray, threshold: float) -> list[dict[str, Any]]:
-    """The contract's objects: class from the threshold, confidence = P(atypical) as a float."""
-    values = np.asarray(probabilities, dtype=np.float64)
-    in_range = np.all(np.isfinite(values)) and np.all((values >= 0) & (values <= 1))
-    if values.ndim != 1 or not in_range:
-        raise ValueError(f"probabilities must be finite values in [0, 1], got {values!r}")
-    return [{"class": "atypical" if p >= threshold else "normal", "confidence": float(p)} for p in values]
-
-
-def write_predictions(output_dir: Path, records: list[dict[str, Any]], names: list[str] | None) -> None:
-    """Write the MIDOG JSON (and predictions.csv when `names` is given), each atomically."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if names is not None:
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(["file", "p_atypical", "class"])
-        rows = zip(names, records, strict=True)
-        writer.writerows([name, repr(r["confidence"]), r["class"]] for name, r in rows)
-        write_text_atomic(output_dir / CSV_NAME, text.getvalue())
-    write_json_atomic(output_dir / OUTPUT_NAME, records)
-
-
-def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write JSON beside `path` under a temporary name, then rename it into place."""
-    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write `text` beside `path` under a temporary name, then rename it into place."""
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

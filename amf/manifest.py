@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from amf.errors import ModelError
-from amf.io import write_json_atomic
+from amf.writing import write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "amf-ensemble/1"
@@ -24,6 +25,8 @@ ONNX_VARIANTS = ("fp32", "fp16")  # written by amf.export, served by amf.onnx_ru
 # Test-time augmentation: the symmetries of the square (amf.preprocess.dihedral) whose
 # predictions are averaged, by the container and by the out-of-fold scores behind the threshold.
 TTA_VIEWS = {"none": (0,), "flips": (0, 2, 4, 6), "dihedral": tuple(range(8))}
+MIN_SIZE, MAX_SIZE = 16, 1024  # input.size: a crop network's input, not a whole slide
+MAX_MANIFEST_BYTES = 1 << 20
 _REQUIRED = ("format", "architecture", "input", "folds", "threshold")
 _OPTIONAL = ("name", "description", "reduction", "tta", "positive_class", "onnx", "provenance")
 
@@ -100,9 +103,12 @@ def from_dict(data: dict[str, Any], *, source: str = "manifest") -> Manifest:
         )
     if data["format"] != FORMAT:
         raise ModelError(f"{source}: format {data['format']!r} is not {FORMAT!r}")
+    problems = _type_problems(data)
+    if problems:
+        raise ModelError(f"{source}: " + "; ".join(problems))
     try:
         manifest = Manifest(
-            architecture=str(data["architecture"]),
+            architecture=data["architecture"],
             input=_input_spec(data["input"]),
             folds=tuple(Fold(**fold) for fold in data["folds"]),
             threshold=Threshold(**data["threshold"]),
@@ -114,9 +120,68 @@ def from_dict(data: dict[str, Any], *, source: str = "manifest") -> Manifest:
     return manifest
 
 
+def _type_problems(data: dict[str, Any]) -> list[str]:
+    """JSON types and finite numbers, checked before anything is built from them."""
+    spec, threshold, folds = data["input"], data["threshold"], data["folds"]
+    checks = [
+        (isinstance(data["architecture"], str), "architecture must be a string"),
+        (isinstance(spec, dict), "input must be an object"),
+        (isinstance(threshold, dict), "threshold must be an object"),
+        (
+            isinstance(folds, list) and all(isinstance(f, dict) for f in folds),
+            "folds must be a list of objects",
+        ),
+    ]
+    checks += [(isinstance(data.get(key, ""), str), f"{key} must be a string") for key in _STRINGS]
+    checks += [(isinstance(data.get("provenance", {}), dict), "provenance must be an object")]
+    if isinstance(spec, dict):
+        checks += [
+            (_is_int(spec.get("size")), "input.size must be an integer"),
+            (_are_numbers(spec.get("mean")), "input.mean must be a list of finite numbers"),
+            (_are_numbers(spec.get("std")), "input.std must be a list of finite numbers"),
+            (isinstance(spec.get("interpolation", ""), str), "input.interpolation must be a string"),
+        ]
+    if isinstance(threshold, dict):
+        checks += [
+            (_are_numbers([threshold.get("value")]), "threshold.value must be a finite number"),
+            (isinstance(threshold.get("method"), str), "threshold.method must be a string"),
+        ]
+    if isinstance(folds, list):
+        checks += [(all(_is_relative_file(f.get("file")) for f in folds if isinstance(f, dict)), _FOLD_FILE)]
+        checks += [(all(_is_sha256(f.get("sha256")) for f in folds if isinstance(f, dict)), _SHA256)]
+    return [message for ok, message in checks if not ok]
+
+
+_STRINGS = ("name", "description", "reduction", "tta", "positive_class")
+_FOLD_FILE = "folds[].file must be a relative path inside the ensemble folder"
+_SHA256 = "folds[].sha256 must be 64 hex digits or null"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _are_numbers(values: Any) -> bool:
+    numbers = isinstance(values, list | tuple) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    )
+    return bool(numbers)
+
+
+def _is_relative_file(name: Any) -> bool:
+    """A file name the manifest may point at: relative, no '..', so it stays in its folder."""
+    path = PurePosixPath(name) if isinstance(name, str) and name else None
+    return path is not None and not path.is_absolute() and ".." not in path.parts
+
+
+def _is_sha256(value: Any) -> bool:
+    hex_digits = isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    return value is None or hex_digits
+
+
 def _input_spec(data: dict[str, Any]) -> InputSpec:
     return InputSpec(
-        size=int(data["size"]),
+        size=data["size"],
         mean=tuple(float(v) for v in data["mean"]),
         std=tuple(float(v) for v in data["std"]),
         interpolation=data.get("interpolation", "bicubic"),
@@ -126,8 +191,8 @@ def _input_spec(data: dict[str, Any]) -> InputSpec:
 def _check(manifest: Manifest, source: str) -> None:
     spec = manifest.input
     problems = []
-    if spec.size < 16:
-        problems.append(f"input.size must be >= 16, got {spec.size}")
+    if not MIN_SIZE <= spec.size <= MAX_SIZE:
+        problems.append(f"input.size must be in {MIN_SIZE}..{MAX_SIZE}, got {spec.size}")
     if len(spec.mean) != 3 or len(spec.std) != 3 or min(spec.std) <= 0:
         problems.append("input.mean and input.std need 3 values each, std > 0")
     if spec.interpolation not in INTERPOLATIONS:
@@ -157,8 +222,8 @@ def _onnx_problems(onnx: Any) -> list[str]:
     graphs = [onnx[key] for key in ONNX_VARIANTS if key in onnx]
     if not graphs:
         return [f"onnx names no graph; expected at least one of {ONNX_VARIANTS}"]
-    if not all(isinstance(graph, dict) and isinstance(graph.get("file"), str) for graph in graphs):
-        return [f"onnx.{'/'.join(ONNX_VARIANTS)} must each be an object with a 'file' string"]
+    if not all(isinstance(graph, dict) and _is_relative_file(graph.get("file")) for graph in graphs):
+        return [f"onnx.{'/'.join(ONNX_VARIANTS)} must each be an object whose 'file' is a relative path"]
     return []
 
 
@@ -167,10 +232,12 @@ def load(model_dir: Path) -> Manifest:
     path = Path(model_dir) / MANIFEST_NAME
     if not path.is_file():
         raise ModelError(f"{path}: no ensemble manifest here")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ModelError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes; not a manifest")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"{path}: not valid JSON ({error})") from None
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as error:
+        raise ModelError(f"{path}: not valid JSON ({type(error).__name__}: {error})") from None
     manifest = from_dict(data, source=str(path))
     for fold in manifest.folds:
         if not (path.parent / fold.file).is_file():

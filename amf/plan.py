@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from amf import io, manifest
+from amf import manifest, writing
 from amf.data import load_crops, predict_crops, read_rows, write_rows
 from amf.dataset import Sample, check_images, load_table
 from amf.ensemble import Ensemble
@@ -238,7 +238,7 @@ def _bind_run(run_dir: Path, plan_path: Path, config: TrainConfig) -> None:
             )
     elif _is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
-        io.write_json_atomic(path, record)
+        writing.write_json_atomic(path, record)
 
 
 def _held_out(plan: Plan, domain: str) -> str:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from amf import io, manifest
-from amf.errors import AmfError, ModelError
-from amf.preprocess import prepare, views
+from amf import io, manifest, writing
+from amf.errors import AmfError, InputError, ModelError
+from amf.manifest import InputSpec
+from amf.preprocess import prepare, resize, views
 
 log = logging.getLogger(__name__)
 
@@ -67,43 +69,66 @@ def run(
 ) -> int:
     """Classify every crop under `input_path` and write the predictions to `output_dir`.
 
-    Returns the number of crops classified. Raises AmfError (nothing written) on bad input,
-    a bad ensemble or a non-finite prediction.
+    Everything cheap is checked before the ensemble loads: the manifest, the input layout and
+    every page of every file (decoded once, one page at a time). Returns the number of crops
+    classified. Raises AmfError on bad input, a bad ensemble or an unwritable output; then no
+    output of ours is left in `output_dir`, not even an earlier run's.
     """
+    made_here = not Path(output_dir).exists()
+    try:
+        return _run(Path(input_path), Path(output_dir), Path(model_dir), batch_size, backend)
+    except (AmfError, SystemExit, KeyboardInterrupt):
+        writing.remove_outputs(output_dir, folder=made_here)
+        raise
+
+
+def _run(input_path: Path, output_dir: Path, model_dir: Path, batch_size: int, backend: str | None) -> int:
+    if batch_size < 1:
+        raise AmfError(f"batch size must be at least 1, got {batch_size}")
     spec = manifest.load(model_dir)
-    log.info(
-        "ensemble %r from %s, test-time views %s, threshold %.4f",
-        spec.name,
-        model_dir,
-        spec.tta,
-        spec.threshold.value,
-    )
     job = io.discover(input_path)
-    ensemble = load_predictor(spec, model_dir, backend)  # heavy imports only after the cheap checks
-    names: list[str] = []
-    scores: list[np.ndarray] = []
-    for pages, batch_names in _batches(job, batch_size):
-        names += batch_names
-        scores.append(predict_views(ensemble, prepare(pages, spec.input), spec.tta))
+    writing.check_output_dir(output_dir)
+    names = [name for path in job.files for name in io.page_names(path, job.root, io.count_pages(path))]
+    log.info(
+        "ensemble %r from %s, views %s, threshold %.4f", spec.name, model_dir, spec.tta, spec.threshold.value
+    )
+    ensemble = load_predictor(spec, model_dir, backend)  # heavy imports only after the input checks
+    scores = [
+        predict_views(ensemble, batch, spec.tta) for batch in prefetch(_batches(job, spec.input, batch_size))
+    ]
     probabilities = np.concatenate(scores)
+    if len(probabilities) != len(names):
+        raise InputError(
+            f"{input_path}: files changed while read ({len(names)} pages, then {len(probabilities)})"
+        )
     if not np.all(np.isfinite(probabilities)):
         raise ModelError(f"{model_dir}: ensemble produced non-finite P(atypical); weights are broken")
-    records = io.predictions(probabilities, spec.threshold.value)
-    io.write_predictions(output_dir, records, None if job.grand_challenge else names)
+    records = writing.predictions(probabilities, spec.threshold.value)
+    writing.write_predictions(output_dir, records, None if job.grand_challenge else names)
     log.info("%d crops from %s -> %s", len(records), input_path, output_dir)
     return len(records)
 
 
-def _batches(job: io.Job, batch_size: int) -> Iterator[tuple[list[np.ndarray], list[str]]]:
-    """Pages of all files in order, `batch_size` at a time, with their names."""
-    pages: list[np.ndarray] = []
-    names: list[str] = []
+def _batches(job: io.Job, spec: InputSpec, batch_size: int) -> Iterator[np.ndarray]:
+    """Prepared batches of all pages in order; each page is resized as soon as it is decoded.
+
+    At most one decoded page and `batch_size` network-sized crops are held at a time.
+    """
+    crops: list[np.ndarray] = []
     for path in job.files:
-        file_pages = io.read_pages(path)
-        pages += file_pages
-        names += io.page_names(path, job.root, len(file_pages))
-        while len(pages) >= batch_size:
-            yield pages[:batch_size], names[:batch_size]
-            pages, names = pages[batch_size:], names[batch_size:]
-    if pages:
-        yield pages, names
+        for page in io.iter_pages(path):
+            crops.append(resize(page, spec))
+            if len(crops) == batch_size:
+                yield prepare(crops, spec)
+                crops = []
+    if crops:
+        yield prepare(crops, spec)
+
+
+def prefetch(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """The next batch is decoded on a second thread while the ensemble runs the current one."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(next, batches, None)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(next, batches, None)
+            yield batch

@@ -18,8 +18,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from amf.dataset import DOMAIN_COLUMNS, Sample
 from amf.errors import InputError
-from amf.io import write_json_atomic
 from amf.manifest import sha256_of
+from amf.writing import write_json_atomic
 
 FORMAT = "amf-plan/1"
 ALL = "all"

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from torchvision.ops import sigmoid_focal_loss
 from tqdm import tqdm
 
-from amf import __version__, io, manifest, models
+from amf import __version__, manifest, models, writing
 from amf.data import BalancedSampler, CropDataset, load_crops, predict_crops, write_rows
 from amf.dataset import Sample
 from amf.ensemble import Ensemble
@@ -381,7 +381,7 @@ def _finish(
         draft, threshold=Threshold(threshold, "youden on this fold's validation set"), provenance=provenance
     )
     manifest.save(final, out_dir)
-    io.write_json_atomic(out_dir / RESULT, result)
+    writing.write_json_atomic(out_dir / RESULT, result)
     (out_dir / LAST).unlink()  # optimizer state is 2-3x the weights; a finished model never resumes
     log.info(
         "%s: best epoch %d, validation AUROC %.4f",

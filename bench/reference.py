@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from amf import io  # noqa: E402
+from amf import io, writing  # noqa: E402
 
 ARCHITECTURE = "efficientnetv2_m"
 SIZE = 224
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     job = io.discover(args.input)
     pages = [page for path in job.files for page in io.read_pages(path)]
     scores = Reference(args.weights).predict(pages)
-    io.write_predictions(args.output, io.predictions(scores, 0.5), None)
+    writing.write_predictions(args.output, writing.predictions(scores, 0.5), None)
     log.info("%d crops -> %s", len(pages), args.output)
     return 0
 

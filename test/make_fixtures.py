@@ -25,7 +25,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from amf import io, manifest, models, predict  # noqa: E402
+from amf import io, manifest, models, predict, writing  # noqa: E402
 
 SEED = 2025
 TEST = ROOT / "test"
@@ -107,7 +107,7 @@ def build_expected_output() -> None:
     model_dir = expected_model_dir()
     with tempfile.TemporaryDirectory() as out:
         predict.run(INPUT_DIR, Path(out), model_dir)
-        shutil.copy(Path(out) / io.OUTPUT_NAME, EXPECTED)
+        shutil.copy(Path(out) / writing.OUTPUT_NAME, EXPECTED)
     print(f"{EXPECTED} from {model_dir}")
 
 

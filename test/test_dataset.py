@@ -168,7 +168,8 @@ def test_link_images_makes_an_inference_folder(tmp_path: Path) -> None:
         )
     assert link_images(crops, tmp_path / "in") == 2
     assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["a.png", "b.png"]
-    assert (tmp_path / "in" / "a.png").resolve() == (tmp_path / "src" / "a.png").resolve()
+    linked = tmp_path / "in" / "a.png"
+    assert not linked.is_symlink() and linked.samefile(tmp_path / "src" / "a.png")  # inference reads it
     twin = Sample(**{**crops[0].__dict__, "id": "twin", "image": str(tmp_path / "other" / "a.png")})
     with pytest.raises(InputError, match="several samples share a file name"):
         link_images([*crops, twin], tmp_path / "in2")

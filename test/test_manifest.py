@@ -54,7 +54,7 @@ def test_unknown_and_missing_keys_are_listed(fixture_ensemble: Path, tmp_path: P
         ({"tta": "spin"}, "tta must be one of"),
         ({"format": "other/9"}, "format 'other/9' is not"),
         ({"folds": [{"file": "a"}, {"file": "a"}]}, "lists a file twice"),
-        ({"folds": [{"path": "a"}]}, "malformed entry"),
+        ({"folds": [{"path": "a"}]}, r"folds\[\]\.file must be a relative path"),
     ],
 )
 def test_inconsistent_manifest(fixture_ensemble: Path, tmp_path: Path, change: dict, message: str) -> None:

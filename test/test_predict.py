@@ -16,7 +16,7 @@ from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT, shared_data
 from make_fixtures import expected_model_dir, synthetic_crops, write_stack
 from PIL import Image
 
-from amf import io, manifest, predict
+from amf import io, manifest, predict, writing
 
 TOLERANCE = 1e-4  # absolute, on confidences, between machines and library builds
 
@@ -29,7 +29,7 @@ def run_inference(input_path: Path, output: Path, model: Path = FIXTURE_ENSEMBLE
 
 def assert_contract(output: Path, pages: int, threshold: float) -> list[dict]:
     """The MIDOG JSON: one object per page, exact keys, float confidence in [0, 1], class by threshold."""
-    records = json.loads((output / io.OUTPUT_NAME).read_text())
+    records = json.loads((output / writing.OUTPUT_NAME).read_text())
     assert isinstance(records, list) and len(records) == pages
     for record in records:
         assert set(record) == {"class", "confidence"}
@@ -49,7 +49,7 @@ def test_sample_input_matches_expected_output(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         [r["confidence"] for r in records], [e["confidence"] for e in expected], atol=TOLERANCE
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == [io.OUTPUT_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [writing.OUTPUT_NAME]
 
 
 def test_real_challenge_sample_end_to_end(tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_folder_of_mixed_crops_writes_csv(tmp_path: Path) -> None:
     count = predict.run(folder, tmp_path / "out", FIXTURE_ENSEMBLE, batch_size=3)
     assert count == 6
     records = assert_contract(tmp_path / "out", 6, 0.5)
-    with open(tmp_path / "out" / io.CSV_NAME) as handle:
+    with open(tmp_path / "out" / writing.CSV_NAME) as handle:
         rows = list(csv.DictReader(handle))
     names = ["a.png", "b_gray.png", "e_stack.tif#0", "e_stack.tif#1", "sub/c_rgba.png", "sub/d_odd.jpg"]
     assert [row["file"] for row in rows] == names
@@ -88,7 +88,7 @@ def test_single_stack_file_with_many_pages(tmp_path: Path) -> None:
     write_stack(stack, synthetic_crops(20, np.random.default_rng(2)))
     assert predict.run(stack, tmp_path / "out", FIXTURE_ENSEMBLE, batch_size=8) == 20
     assert_contract(tmp_path / "out", 20, 0.5)
-    assert (tmp_path / "out" / io.CSV_NAME).read_text().count("big.tiff#") == 20
+    assert (tmp_path / "out" / writing.CSV_NAME).read_text().count("big.tiff#") == 20
 
 
 def test_one_page_stack(tmp_path: Path) -> None:

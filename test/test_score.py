@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
 
-from amf import io, score
+from amf import io, score, writing
 from amf.__main__ import main
 from amf.errors import InputError
 
@@ -27,7 +27,9 @@ P_ATYPICAL = {"stack_1.tiff": [0.1, 0.8, 0.6, 0.4], "stack_2.tiff": [0.2, 0.7, 0
 def _write(folder, outputs, threshold=0.5):
     """Our own layout: <stem>/multiple-mitotic-figure-classification.json per stack."""
     for image, probs in outputs.items():
-        io.write_predictions(folder / image.split(".")[0], io.predictions(np.array(probs), threshold), None)
+        writing.write_predictions(
+            folder / image.split(".")[0], writing.predictions(np.array(probs), threshold), None
+        )
 
 
 @pytest.fixture
@@ -61,7 +63,9 @@ def test_winning_class_confidence_reading(tmp_path, truth):
 def test_grand_challenge_layout(tmp_path, truth):
     jobs = []
     for k, (image, probs) in enumerate(P_ATYPICAL.items()):
-        io.write_predictions(tmp_path / f"job{k}" / "output", io.predictions(np.array(probs), 0.5), None)
+        writing.write_predictions(
+            tmp_path / f"job{k}" / "output", writing.predictions(np.array(probs), 0.5), None
+        )
         jobs.append(
             {
                 "pk": f"job{k}",
@@ -70,7 +74,7 @@ def test_grand_challenge_layout(tmp_path, truth):
                     {
                         "interface": {
                             "slug": "multiple-mitotic-figure-classification",
-                            "relative_path": io.OUTPUT_NAME,
+                            "relative_path": writing.OUTPUT_NAME,
                         }
                     }
                 ],
@@ -91,8 +95,8 @@ def test_grand_challenge_layout(tmp_path, truth):
 )
 def test_malformed_outputs_fail_like_the_evaluator(tmp_path, truth, record, message):
     _write(tmp_path, P_ATYPICAL)
-    records = json.loads((tmp_path / "stack_2" / io.OUTPUT_NAME).read_text())
-    (tmp_path / "stack_2" / io.OUTPUT_NAME).write_text(json.dumps(records[:2] + [record]))
+    records = json.loads((tmp_path / "stack_2" / writing.OUTPUT_NAME).read_text())
+    (tmp_path / "stack_2" / writing.OUTPUT_NAME).write_text(json.dumps(records[:2] + [record]))
     with pytest.raises(InputError, match=message):
         score.score(tmp_path, truth)
 

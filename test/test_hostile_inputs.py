@@ -1,0 +1,525 @@
+"""Hostile and unusual inputs, run as the container runs them (`python inference.py`).
+
+Every failing case must end with exit status 2, exactly one ERROR line that names the file and
+the problem, no traceback, and nothing in the output folder. The cases that must succeed check
+the output itself; the memory cases check that reading streams whatever a file claims.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT
+from make_fixtures import synthetic_crops, write_stack
+from PIL import Image
+
+from amf import io, manifest, predict, writing
+
+OUTSIDE = "outside-secret.png"  # a real crop outside the input folder: reading it would succeed
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\n%%EOF\n"
+
+
+def crop(seed: int = 0) -> np.ndarray:
+    return synthetic_crops(1, np.random.default_rng(seed))[0]
+
+
+def gc_input(root: Path, relative_path: object = f"images/{io.SLUG}", stack: bool = True) -> Path:
+    """The grand-challenge layout with one real stack; `relative_path` as inputs.json gives it."""
+    folder = root / "images" / io.SLUG
+    folder.mkdir(parents=True)
+    if stack:
+        write_stack(folder / "stack.tif", [crop(1), crop(2)])
+    (root / "inputs.json").write_text(
+        json.dumps([{"interface": {"slug": io.SLUG, "relative_path": relative_path}}])
+    )
+    return root
+
+
+def mha_file(path: Path, header: dict[str, str], data: bytes = b"") -> Path:
+    """A MetaImage file written by hand: every header field is the test's to choose."""
+    fields = {"ObjectType": "Image", "NDims": "2", "BinaryData": "True", "CompressedData": "False"}
+    fields |= {"DimSize": "8 8", "ElementType": "MET_UCHAR"} | header
+    fields["ElementDataFile"] = header.get("ElementDataFile", "LOCAL")
+    text = "".join(f"{key} = {value}\n" for key, value in fields.items())
+    path.write_bytes(text.encode() + data)
+    return path
+
+
+def sitk_mha(path: Path, array: np.ndarray, *, vector: bool = True) -> Path:
+    sitk.WriteImage(sitk.GetImageFromArray(array, isVector=vector), str(path), True)
+    return path
+
+
+def single(name: str, write: Callable[[Path], object]) -> Callable[[Path], Path]:
+    """A builder for a one-file input folder."""
+
+    def build(tmp: Path) -> Path:
+        folder = tmp / "in"
+        folder.mkdir()
+        write(folder / name)
+        return folder
+
+    return build
+
+
+def linked(tmp: Path, target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+
+
+def outside(tmp: Path) -> Path:
+    Image.fromarray(crop(3)).save(tmp / OUTSIDE)
+    return tmp / OUTSIDE
+
+
+def gc_with(change: Callable[[Path, Path], object], **layout) -> Callable[[Path], Path]:
+    def build(tmp: Path) -> Path:
+        root = gc_input(tmp / "in", **layout)
+        change(tmp, root)
+        return root
+
+    return build
+
+
+def deep_json(depth: int = 100_000) -> str:
+    return "[" * depth + "]" * depth
+
+
+def fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def tiff_page(path: Path, array: np.ndarray) -> None:
+    Image.fromarray(array).save(path, compression="tiff_adobe_deflate")
+
+
+# name -> (input builder, expected message; the file it names is checked by the message)
+INPUT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "missing input": (lambda tmp: tmp / "nowhere", r"nowhere: no such file or folder"),
+    "empty folder": (single("", lambda p: None), r"in: no crops found"),
+    "inputs.json missing": (gc_with(lambda t, r: (r / "inputs.json").unlink()), r"inputs\.json: missing"),
+    "inputs.json not JSON": (
+        gc_with(lambda t, r: (r / "inputs.json").write_text("{nope")),
+        r"inputs\.json: not a list of input sockets \(JSONDecodeError\)",
+    ),
+    "inputs.json nested deep": (
+        gc_with(lambda t, r: (r / "inputs.json").write_text(deep_json())),
+        r"inputs\.json: not a list of input sockets \(RecursionError\)",
+    ),
+    "inputs.json an object": (
+        gc_with(lambda t, r: (r / "inputs.json").write_text('{"interface": 1}')),
+        r"inputs\.json: not a list of input sockets",
+    ),
+    "inputs.json huge": (
+        gc_with(lambda t, r: (r / "inputs.json").write_text(" " * (io.MAX_INPUTS_JSON_BYTES + 1))),
+        r"inputs\.json: larger than",
+    ),
+    "inputs.json links out": (
+        gc_with(lambda t, r: ((r / "inputs.json").unlink(), linked(t, outside(t), r / "inputs.json"))),
+        r"inputs\.json: leads outside the input folder",
+    ),
+    "relative_path null": (
+        gc_with(lambda t, r: None, relative_path=None),
+        r"inputs\.json: relative_path must be",
+    ),
+    "relative_path number": (
+        gc_with(lambda t, r: None, relative_path=5),
+        r"inputs\.json: relative_path must be",
+    ),
+    "relative_path absolute": (
+        gc_with(lambda t, r: None, relative_path="/etc"),
+        r"inputs\.json: relative_path must be a relative folder path, got '/etc'",
+    ),
+    "relative_path climbs out": (
+        gc_with(lambda t, r: None, relative_path="../../.."),
+        r"inputs\.json: relative_path must be a relative folder path",
+    ),
+    "interface folder links out": (
+        gc_with(lambda t, r: (outside(t), linked(t, t, r / "elsewhere")), relative_path="elsewhere"),
+        r"elsewhere: folder named in .*inputs\.json leads outside the input folder",
+    ),
+    "stack links out": (
+        gc_with(lambda t, r: linked(t, outside(t), r / "images" / io.SLUG / "stack.tif"), stack=False),
+        r"stack\.tif: leads outside the input folder",
+    ),
+    "stack is a fifo": (
+        gc_with(lambda t, r: fifo(r / "images" / io.SLUG / "stack.tif"), stack=False),
+        r"stack\.tif: not a regular file",
+    ),
+    "stack is a folder": (
+        gc_with(lambda t, r: (r / "images" / io.SLUG / "stack.tif").mkdir(), stack=False),
+        r"stack\.tif: not a regular file",
+    ),
+    "no stack file": (gc_with(lambda t, r: None, stack=False), r"cropouts: no stack file"),
+    "two stack files": (
+        gc_with(
+            lambda t, r: shutil.copy(r / "images" / io.SLUG / "stack.tif", r / "images" / io.SLUG / "b.mha")
+        ),
+        r"several stack files",
+    ),
+    "crop links out": (
+        lambda tmp: single("a.png", lambda p: linked(tmp, outside(tmp), p))(tmp),
+        r"a\.png: leads outside",
+    ),
+    "crop links to a device": (
+        single("zero.png", lambda p: linked(p.parent, Path("/dev/zero"), p)),
+        r"zero\.png: leads outside the input folder",
+    ),
+    "folder links out only": (
+        lambda tmp: single("sub", lambda p: (outside(tmp), linked(tmp, tmp, p)))(tmp),
+        r"in: no crops found",
+    ),
+    "EPS named .tif": (single("eps.tif", lambda p: p.write_bytes(EPS)), r"eps\.tif: cannot read image"),
+    "GIF named .png": (
+        single("anim.png", lambda p: Image.fromarray(crop()).save(p, format="GIF")),
+        r"anim\.png: cannot read image",
+    ),
+    "garbage .png": (
+        single("junk.png", lambda p: p.write_bytes(b"\x89PNG junk")),
+        r"junk\.png: cannot read image",
+    ),
+    "empty .tif": (single("empty.tif", lambda p: p.write_bytes(b"")), r"empty\.tif: cannot read image"),
+    "truncated .tif": (
+        single("cut.tif", lambda p: (write_stack(p, [crop(), crop(1)]), p.write_bytes(p.read_bytes()[:900]))),
+        r"cut\.tif: cannot read image",
+    ),
+    "page over the pixel limit": (
+        single("wide.png", lambda p: Image.new("L", (8192, 4096)).save(p)),
+        r"wide\.png page 0: 8192 x 4096 pixels, more than the limit",
+    ),
+    "bilevel TIFF bomb": (
+        single("bomb.tif", lambda p: Image.new("1", (8192, 8192)).save(p, compression="group4")),
+        r"bomb\.tif page 0: 8192 x 8192 pixels, more than the limit",
+    ),
+    "float page above 1": (
+        single("f.tif", lambda p: tiff_page(p, np.full((16, 16), 1.5, np.float32))),
+        r"f\.tif page 0: float pixels must lie in \[0, 1\]",
+    ),
+    "float page NaN": (
+        single("n.mha", lambda p: sitk_mha(p, np.full((16, 16), np.nan, np.float32), vector=False)),
+        r"n\.mha page 0: page contains NaN",
+    ),
+    "negative integers": (
+        single("neg.mha", lambda p: sitk_mha(p, np.full((16, 16), -5, np.int16), vector=False)),
+        r"neg\.mha page 0: integer pixels must lie in 0-65535",
+    ),
+    "mha data elsewhere": (
+        single("x.mha", lambda p: mha_file(p, {"ElementDataFile": "../../../etc/passwd"})),
+        r"x\.mha: pixel data in another file \(ElementDataFile = '\.\./\.\./\.\./etc/passwd'\)",
+    ),
+    "mha data list": (
+        single("x.mha", lambda p: mha_file(p, {"ElementDataFile": "LIST"})),
+        r"x\.mha: pixel data in another file",
+    ),
+    "mha RGB crop as 3-D gray": (
+        single("rgb.mha", lambda p: sitk_mha(p, crop(), vector=False)),
+        r"rgb\.mha: a 3-D gray image 3 pixels wide looks like one RGB crop",
+    ),
+    "mha 4-D": (
+        single("x.mha", lambda p: mha_file(p, {"DimSize": "8 8 8 8"})),
+        r"x\.mha: DimSize must be 2 or 3",
+    ),
+    "mha zero pages": (
+        single("x.mha", lambda p: mha_file(p, {"DimSize": "8 8 0"})),
+        r"x\.mha: DimSize must be",
+    ),
+    "mha too many pages": (
+        single("x.mha", lambda p: mha_file(p, {"DimSize": f"8 8 {io.MAX_PAGES + 1}"})),
+        rf"x\.mha: {io.MAX_PAGES + 1} pages, more than the limit",
+    ),
+    "mha huge pages": (
+        single("x.mha", lambda p: mha_file(p, {"DimSize": "60000 60000"})),
+        r"x\.mha page 0: 60000 x 60000 pixels, more than the limit",
+    ),
+    "mha element type": (
+        single("x.mha", lambda p: mha_file(p, {"ElementType": "MET_LONG_LONG"})),
+        r"x\.mha: ElementType 'MET_LONG_LONG' is not one of",
+    ),
+    "mha five channels": (
+        single("x.mha", lambda p: mha_file(p, {"ElementNumberOfChannels": "5"})),
+        r"x\.mha: ElementNumberOfChannels must be 1-4",
+    ),
+    "mha sizes not numbers": (
+        single("x.mha", lambda p: mha_file(p, {"DimSize": "8 eight"})),
+        r"x\.mha: DimSize must be integers",
+    ),
+    "mha not a header": (
+        single("x.mha", lambda p: p.write_bytes(b"\x00" * 100)),
+        r"x\.mha: not a MetaImage header",
+    ),
+    "mha truncated data": (
+        single("x.mha", lambda p: mha_file(p, {"DimSize": "8 8 2"}, b"\x01" * 100)),
+        r"x\.mha: pixel data ends in page 1 of 2",
+    ),
+    "mha corrupt zlib": (
+        single("x.mha", lambda p: mha_file(p, {"CompressedData": "True"}, b"\x78\x9c" + b"\xff" * 40)),
+        r"x\.mha: corrupt compressed pixel data",
+    ),
+}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "inference.py", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, message: str) -> None:
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    assert result.returncode == 2, result.stderr
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.search(message, errors[0]), (message, errors[0])
+
+
+@pytest.mark.parametrize("case", sorted(INPUT_CASES))
+def test_bad_input_is_refused_before_the_model_loads(tmp_path: Path, case: str) -> None:
+    build, message = INPUT_CASES[case]
+    input_path = build(tmp_path)
+    output = tmp_path / "out"
+    result = run_cli("--input", str(input_path), "--output", str(output), "--model", str(FIXTURE_ENSEMBLE))
+    assert_one_error_line(result, message)
+    assert not output.exists()
+    assert "loaded" not in result.stderr  # failed before any weights were read
+
+
+def manifest_with(tmp: Path, change: Callable[[dict], object]) -> Path:
+    model = Path(shutil.copytree(FIXTURE_ENSEMBLE, tmp / "model"))
+    data = json.loads((model / "manifest.json").read_text())
+    change(data)
+    (model / "manifest.json").write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return model
+
+
+MANIFEST_CASES: dict[str, tuple[Callable[[dict], object], str]] = {
+    "threshold true": (
+        lambda d: d["threshold"].update(value=True),
+        "threshold.value must be a finite number",
+    ),
+    "threshold string": (
+        lambda d: d["threshold"].update(value="0.5"),
+        "threshold.value must be a finite number",
+    ),
+    "threshold above 1": (lambda d: d["threshold"].update(value=1.5), r"threshold.value must be in \[0, 1\]"),
+    "std infinite": (
+        lambda d: d["input"].update(std=[float("inf")] * 3),
+        "input.std must be a list of finite",
+    ),
+    "mean NaN": (lambda d: d["input"].update(mean=[float("nan")] * 3), "input.mean must be a list of finite"),
+    "tta a list": (lambda d: d.update(tta=["dihedral"]), "tta must be a string"),
+    "fold file a number": (
+        lambda d: d["folds"][0].update(file=7),
+        r"folds\[\]\.file must be a relative path",
+    ),
+    "fold file climbs out": (
+        lambda d: d["folds"][0].update(file="../x"),
+        r"folds\[\]\.file must be a relative",
+    ),
+    "fold sha256 junk": (lambda d: d["folds"][0].update(sha256="abc"), r"folds\[\]\.sha256 must be 64 hex"),
+    "size enormous": (
+        lambda d: d["input"].update(size=60000),
+        r"input\.size must be in 16\.\.1024, got 60000",
+    ),
+    "size a float": (lambda d: d["input"].update(size=128.5), r"input\.size must be an integer"),
+    "onnx file absolute": (
+        lambda d: d.update(onnx={"fp32": {"file": "/etc/passwd"}}),
+        "'file' is a relative path",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MANIFEST_CASES))
+def test_bad_manifest_is_one_line(tmp_path: Path, case: str) -> None:
+    change, message = MANIFEST_CASES[case]
+    model = manifest_with(tmp_path, change)
+    result = run_cli("--input", str(SAMPLE_INPUT), "--output", str(tmp_path / "out"), "--model", str(model))
+    assert_one_error_line(result, rf"manifest\.json: .*{message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_manifest_nested_deep_or_not_an_object(tmp_path: Path) -> None:
+    for text, message in [
+        (deep_json(), r"not valid JSON \(RecursionError"),
+        ("[1]", "expected a JSON object"),
+    ]:
+        model = Path(shutil.copytree(FIXTURE_ENSEMBLE, tmp_path / "model"))
+        (model / "manifest.json").write_text(text)
+        result = run_cli(
+            "--input", str(SAMPLE_INPUT), "--output", str(tmp_path / "out"), "--model", str(model)
+        )
+        assert_one_error_line(result, rf"manifest\.json: {message}")
+        shutil.rmtree(model)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x", "100000"])
+def test_batch_size_out_of_range_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    result = run_cli("--input", str(SAMPLE_INPUT), "--output", str(tmp_path / "out"), "--batch-size", value)
+    assert result.returncode == 2 and "argument --batch-size:" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["a file", "unwritable"])
+def test_output_that_cannot_be_written(tmp_path: Path, where: str) -> None:
+    if where == "a file":
+        output = tmp_path / "out"
+        output.write_text("not a folder")
+    else:
+        output = Path("/proc/amf-cannot-write-here")  # no one, root included, can make this
+    result = run_cli("--input", str(SAMPLE_INPUT), "--output", str(output), "--model", str(FIXTURE_ENSEMBLE))
+    assert_one_error_line(result, rf"{output.name}: cannot write")
+
+
+def test_failed_run_removes_the_previous_result(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    assert predict.run(SAMPLE_INPUT, output, FIXTURE_ENSEMBLE) == 6
+    (output / "notes.txt").write_text("the user's own file")
+    (output / writing.CSV_NAME).write_text("an older folder run's table")
+    broken = single("junk.png", lambda p: p.write_bytes(b"junk"))(tmp_path)
+    result = run_cli("--input", str(broken), "--output", str(output), "--model", str(FIXTURE_ENSEMBLE))
+    assert_one_error_line(result, r"junk\.png: cannot read image")
+    assert sorted(p.name for p in output.iterdir()) == ["notes.txt"]
+
+
+def test_names_a_spreadsheet_would_run_and_undecodable_names(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = ['=HYPERLINK("x","y").png', "@cmd.png", os.fsdecode(b"caf\xe9.png")]
+    for seed, name in enumerate(names):
+        Image.fromarray(crop(seed)).save(folder / name, format="PNG")
+    assert predict.run(folder, tmp_path / "out", FIXTURE_ENSEMBLE) == 3
+    with open(tmp_path / "out" / writing.CSV_NAME, encoding="utf-8") as handle:
+        cells = sorted(row["file"] for row in csv.DictReader(handle))
+    assert cells == sorted(["'" + names[0], "'" + names[1], "caf\\xe9.png"])
+
+
+def test_float_and_16_bit_pages_read_like_their_8_bit_twin(tmp_path: Path) -> None:
+    """The one rule per pixel type: float in [0, 1] and 16-bit give the uint8 page's answer."""
+    page = crop(5)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(page).save(folder / "a_uint8.png")
+    sitk_mha(folder / "b_float.mha", page.astype(np.float32) / 255.0)
+    sitk_mha(folder / "c_uint16.mha", page.astype(np.uint16) * 257)
+    predict.run(folder, tmp_path / "out", FIXTURE_ENSEMBLE)
+    records = json.loads((tmp_path / "out" / writing.OUTPUT_NAME).read_text())
+    assert [r["confidence"] for r in records] == [records[0]["confidence"]] * 3
+
+
+def test_mha_pages_and_channels_follow_the_header(tmp_path: Path) -> None:
+    """One RGB crop saved with channels is one page; a 3-D RGB stack is one page per z slice."""
+    sitk_mha(tmp_path / "one.mha", crop(1))
+    assert len(io.read_pages(tmp_path / "one.mha")) == 1
+    stack = np.stack([crop(k) for k in range(3)])
+    sitk_mha(tmp_path / "stack.mha", stack)
+    np.testing.assert_array_equal(np.stack(io.read_pages(tmp_path / "stack.mha")), stack)
+    array = (np.arange(2 * 9 * 7, dtype=">u2").reshape(2, 9, 7) * 300).astype(">u2")
+    data = array.tobytes()
+    mha_file(
+        tmp_path / "msb.mha",
+        {
+            "NDims": "3",
+            "DimSize": "7 9 2",
+            "ElementType": "MET_USHORT",
+            "BinaryDataByteOrderMSB": "True",
+            "CompressedData": "True",
+        },
+        zlib.compress(data),
+    )
+    pages = io.read_pages(tmp_path / "msb.mha")
+    expected = (array.astype(np.uint32) * 255 + 32767) // 65535
+    np.testing.assert_array_equal(np.stack(pages)[..., 0], expected)
+
+
+def test_no_network_and_no_program_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inference on good and hostile input opens no socket and starts no program."""
+    calls: list[str] = []
+
+    def refuse(name: str):
+        def call(*args, **kwargs):
+            calls.append(name)
+            raise OSError(f"{name} is not allowed in this test")
+
+        return call
+
+    for module, name in [
+        (socket.socket, "connect"),
+        (socket, "create_connection"),
+        (socket, "getaddrinfo"),
+        (subprocess.Popen, "__init__"),
+        (os, "system"),
+        (os, "posix_spawn"),
+        (os, "execv"),
+    ]:
+        monkeypatch.setattr(module, name, refuse(name))
+    eps = tmp_path / "in" / "eps.tif"
+    eps.parent.mkdir()
+    eps.write_bytes(EPS)
+    assert Image.open(eps).format == "EPS"  # Pillow alone would take it, and run Ghostscript to load it
+    with pytest.raises(predict.InputError, match="eps.tif: cannot read image"):
+        predict.run(eps.parent, tmp_path / "out", FIXTURE_ENSEMBLE)
+    predict.run(SAMPLE_INPUT, tmp_path / "torch", FIXTURE_ENSEMBLE, backend="torch")
+    shipped = predict.BAKED_MODEL_DIR
+    if manifest.load(shipped).onnx:  # the shipped ensemble's graphs: the default back end
+        predict.run(SAMPLE_INPUT, tmp_path / "onnx", shipped, backend="onnx")
+    assert calls == []
+
+
+STREAM_SCRIPT = """
+import resource, sys
+from pathlib import Path
+from amf import io, manifest, predict
+spec = manifest.InputSpec(size=128, mean=(0.5,) * 3, std=(0.5,) * 3)
+job = io.discover(Path(sys.argv[1]))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+pages = sum(io.count_pages(path) for path in job.files)
+crops = sum(len(batch) for batch in predict._batches(job, spec, 64))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(pages, crops, (after - before) // 1024)
+"""
+
+
+def stream_and_measure(input_path: Path) -> tuple[int, int, int]:
+    """Pages counted, crops batched, and the growth of peak RSS in MiB while doing both."""
+    result = subprocess.run(
+        [sys.executable, "-c", STREAM_SCRIPT, str(input_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    pages, crops, grown = map(int, result.stdout.split())
+    return pages, crops, grown
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_for_large_multi_page_files(tmp_path: Path) -> None:
+    """8 pages of 4096^2 RGB (400 MB decoded) in a small TIFF; 24 zlib pages of 2048^2 RGB."""
+    big = Image.new("RGB", (4096, 4096), (200, 120, 180))
+    big.save(tmp_path / "big.tif", save_all=True, append_images=[big] * 7, compression="tiff_adobe_deflate")
+    del big
+    assert (tmp_path / "big.tif").stat().st_size < 10 << 20
+    assert stream_and_measure(tmp_path / "big.tif")[:2] == (8, 8)
+    assert stream_and_measure(tmp_path / "big.tif")[2] < 200  # all pages at once: over 400
+    page_bytes = 2048 * 2048 * 3
+    packer = zlib.compressobj(9)
+    data = b"".join(packer.compress(bytes(page_bytes)) for _ in range(24)) + packer.flush()
+    mha_file(
+        tmp_path / "bomb.mha",
+        {"NDims": "3", "DimSize": "2048 2048 24", "ElementNumberOfChannels": "3", "CompressedData": "True"},
+        data,
+    )
+    assert (tmp_path / "bomb.mha").stat().st_size < 1 << 20
+    pages, crops, grown = stream_and_measure(tmp_path / "bomb.mha")
+    assert (pages, crops) == (24, 24) and grown < 120  # decoded: 300 MB
