@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from amf.dataset import DOMAIN_COLUMNS
 from amf.errors import AmfError, InputError
 from amf.manifest import ONNX_VARIANTS, TTA_VIEWS
 from amf.predict import BACKENDS
@@ -96,9 +97,13 @@ def add_dataset(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--amibr-split", choices=("all", "train", "test"), default="all")
     parser.add_argument("--folder", type=Path, action="append", default=[], help="ROOT/{atypical,normal}/*")
     parser.add_argument("--out", type=Path, help="write the table here (CSV)")
-    parser.add_argument("--by", default="cancer_type", help="summary column (default: cancer_type)")
+    parser.add_argument(
+        "--by", choices=DOMAIN_COLUMNS, default="cancer_type", help="summary column (default: cancer_type)"
+    )
     parser.add_argument("--strict", action="store_true", help="fail if any image file is missing")
-    parser.add_argument("--link", type=Path, help="symlink the crops into this folder (an inference input)")
+    parser.add_argument(
+        "--link", type=Path, help="hard-link (or copy) the crops into this folder: an input for inference"
+    )
     parser.set_defaults(handler=_dataset)
 
 
@@ -189,8 +194,7 @@ def _train(args: argparse.Namespace) -> None:
 
     from amf import plan, train
 
-    run_file = args.out / plan.RUN_FILE
-    saved = json.loads(run_file.read_text())["config"] if run_file.is_file() else {}
+    saved = plan.read_run(args.out)["config"] if (args.out / plan.RUN_FILE).is_file() else {}
     given = {
         f.name: getattr(args, f.name) for f in fields(train.TrainConfig) if getattr(args, f.name) is not None
     }
@@ -233,9 +237,12 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
         "--tta", choices=list(TTA_VIEWS), help="re-assemble with these test-time views (default: as is)"
     )
     parser.add_argument(
-        "--by", default="cancer_type", help="grouping of an all-domains run's OOF predictions"
+        "--by",
+        choices=DOMAIN_COLUMNS,
+        default="cancer_type",
+        help="grouping of an all-domains run's OOF predictions (default cancer_type)",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=_bounded_int(1, 4096), default=64)
     parser.set_defaults(handler=_evaluate)
 
 
@@ -254,7 +261,12 @@ def add_score(commands: argparse._SubParsersAction) -> None:
     truth = parser.add_mutually_exclusive_group(required=True)
     truth.add_argument("--ground-truth", type=Path, help="organisers' ground_truth.json format")
     truth.add_argument("--table", type=Path, help="dataset table (labels) for a predictions.csv")
-    parser.add_argument("--by", default="cancer_type", help="domain column of --table (default cancer_type)")
+    parser.add_argument(
+        "--by",
+        choices=DOMAIN_COLUMNS,
+        default="cancer_type",
+        help="domain column of --table (default cancer_type)",
+    )
     parser.add_argument("--out", type=Path, help="write metrics JSON here")
     parser.add_argument(
         "--confidence",

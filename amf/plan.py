@@ -118,12 +118,25 @@ def plan_samples(plan: Plan) -> dict[str, Sample]:
     return {s.id: s for s in load_table(table)}
 
 
-def load_run(run_dir: Path) -> tuple[Plan, TrainConfig]:
-    """The plan and settings a run folder was trained with."""
+def read_run(run_dir: Path) -> dict:
+    """RUN/run.json checked: {"plan": path, "config": TrainConfig fields}; else one-line InputError."""
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         raise InputError(f"{path}: not a run folder (no {RUN_FILE}); train a plan into it first")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_bytes())
+        TrainConfig(**data["config"])
+        well_formed = isinstance(data["plan"], str)
+    except (OSError, ValueError, RecursionError, KeyError, TypeError) as error:
+        raise InputError(f"{path}: malformed run record ({type(error).__name__}: {error})") from None
+    if not well_formed:
+        raise InputError(f"{path}: malformed run record ('plan' must be a path)")
+    return data
+
+
+def load_run(run_dir: Path) -> tuple[Plan, TrainConfig]:
+    """The plan and settings a run folder was trained with."""
+    data = read_run(run_dir)
     return load_plan(Path(data["plan"])), TrainConfig(**data["config"])
 
 
@@ -171,7 +184,7 @@ def assemble(
         description=f"{len(folds)}-fold ensemble trained on {plan.table} ({_held_out(plan, domain)})",
         tta=tta,
         provenance={
-            "plan": json.loads((run_dir / RUN_FILE).read_text())["plan"],
+            "plan": read_run(run_dir)["plan"],
             "domain": domain,
             "training": asdict(config),
             "versions": members[0].provenance.get("versions", {}),
@@ -229,7 +242,7 @@ def _bind_run(run_dir: Path, plan_path: Path, config: TrainConfig) -> None:
     path = run_dir / RUN_FILE
     record = {"plan": str(plan_path.resolve()), "config": asdict(config)}
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = read_run(run_dir)
         differs = config_differences(TrainConfig(**saved["config"]), config)
         if saved["plan"] != record["plan"] or differs:
             raise InputError(

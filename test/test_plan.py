@@ -145,3 +145,13 @@ def test_unfinished_domain_and_changed_table_are_refused(lodo, tmp_path):
     (tmp_path / "plan.json").write_text(json.dumps(changed))
     with pytest.raises(InputError, match="changed since the plan was made"):
         plan.run_plan(tmp_path / "plan.json", tmp_path / "other", TINY)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{not json", "[" * 50_000, '{"plan": 3, "config": {}}', '{"plan": "p.json", "config": {"colour": 1}}', "[]"],
+)
+def test_malformed_run_record_is_one_input_error(tmp_path: Path, text: str) -> None:
+    (tmp_path / plan.RUN_FILE).write_text(text)
+    with pytest.raises(InputError, match=r"run\.json: malformed run record"):
+        plan.load_run(tmp_path)
