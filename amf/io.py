@@ -34,6 +34,7 @@ CROP_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".mha")
 PILLOW_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # decoded in-process; EPS & co. would run programs
 MAX_PAGE_PIXELS = 4096 * 4096  # per page; a crop is 128 x 128
 MAX_PAGES = 20_000  # per file
+MAX_PAGE_BYTES = 256 << 20  # one decoded .mha page (Pillow's widest mode at the pixel limit: 64 MiB)
 MAX_INPUTS_JSON_BYTES = 1 << 20
 _CONVERT_TO_RGB = ("1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La")
 
@@ -182,6 +183,8 @@ def _mha_pages(path: Path) -> Iterator[np.ndarray]:
     header = mha.read_header(path)
     _check_pages(path, header.pages)
     _check_pixels(path, 0, header.width, header.height)
+    if header.page_bytes > MAX_PAGE_BYTES:
+        raise InputError(f"{path}: {header.page_bytes} bytes a page, more than the limit of {MAX_PAGE_BYTES}")
     yield from mha.iter_pages(path, header)
 
 
@@ -227,12 +230,18 @@ def _to_uint8(array: np.ndarray, *, source: str) -> np.ndarray:
                 f"{source}: float pixels must lie in [0, 1], found [{low:g}, {high:g}]; "
                 "save 0-255 data as uint8"
             )
-        return np.rint(array.astype(np.float32) * 255.0).astype(np.uint8)
+        scaled = array.astype(np.float32)  # one working copy, scaled in place
+        scaled *= 255.0
+        return np.rint(scaled, out=scaled).astype(np.uint8)
     if np.issubdtype(array.dtype, np.integer):
         low, high = int(array.min()), int(array.max())
         if low < 0 or high > 65535:
             raise InputError(f"{source}: integer pixels must lie in 0-65535 (16-bit), found [{low}, {high}]")
-        return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        scaled = array.astype(np.uint32)  # one working copy: round(x * 255 / 65535) in place
+        scaled *= 255
+        scaled += 32767
+        scaled //= 65535
+        return scaled.astype(np.uint8)
     raise InputError(f"{source}: unsupported pixel type {array.dtype}")
 
 

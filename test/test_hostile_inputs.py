@@ -244,6 +244,15 @@ INPUT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
         single("x.mha", lambda p: mha_file(p, {"DimSize": "60000 60000"})),
         r"x\.mha page 0: 60000 x 60000 pixels, more than the limit",
     ),
+    "mha page bytes": (
+        single(
+            "x.mha",
+            lambda p: mha_file(
+                p, {"DimSize": "4096 4096", "ElementType": "MET_DOUBLE", "ElementNumberOfChannels": "3"}
+            ),
+        ),
+        r"x\.mha: 402653184 bytes a page, more than the limit",
+    ),
     "mha element type": (
         single("x.mha", lambda p: mha_file(p, {"ElementType": "MET_LONG_LONG"})),
         r"x\.mha: ElementType 'MET_LONG_LONG' is not one of",

@@ -149,7 +149,13 @@ def test_unfinished_domain_and_changed_table_are_refused(lodo, tmp_path):
 
 @pytest.mark.parametrize(
     "text",
-    ["{not json", "[" * 50_000, '{"plan": 3, "config": {}}', '{"plan": "p.json", "config": {"colour": 1}}', "[]"],
+    [
+        "{not json",
+        "[" * 50_000,
+        '{"plan": 3, "config": {}}',
+        '{"plan": "p.json", "config": {"colour": 1}}',
+        "[]",
+    ],
 )
 def test_malformed_run_record_is_one_input_error(tmp_path: Path, text: str) -> None:
     (tmp_path / plan.RUN_FILE).write_text(text)
