@@ -283,9 +283,17 @@ def random_ensemble(folder: Path, architecture: str, size: int, crops: Path, par
     """FOLDS random-weight folds of `architecture` + manifest + ONNX; reused if already built."""
     if (folder / manifest.MANIFEST_NAME).is_file() and manifest.load(folder).onnx:
         return folder
+    from amf import export
+
+    export.export(random_folds(folder, architecture, size), crops, max_crops=parity_crops)
+    return folder
+
+
+def random_folds(folder: Path, architecture: str, size: int) -> Path:
+    """FOLDS seeded random-weight folds of `architecture` and their manifest (no ONNX graphs)."""
     import torch
 
-    from amf import export, models
+    from amf import models
 
     folder.mkdir(parents=True, exist_ok=True)
     folds = []
@@ -303,7 +311,6 @@ def random_ensemble(folder: Path, architecture: str, size: int, crops: Path, par
         description="Random weights, for timing only.",
     )
     manifest.save(spec, folder)
-    export.export(folder, crops, max_crops=parity_crops)
     return folder
 
 

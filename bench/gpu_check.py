@@ -39,7 +39,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "test")]  # amf; test/synthetic_data.py fo
 
 import bench_inference as bench  # noqa: E402
 
-from amf import io, manifest, models, splits  # noqa: E402
+from amf import io, manifest, splits  # noqa: E402
 from amf.manifest import ONNX_VARIANTS, TTA_VIEWS  # noqa: E402
 from amf.predict import BAKED_MODEL_DIR, predict_views  # noqa: E402
 from amf.writing import exit_on_terminate  # noqa: E402
@@ -152,27 +152,11 @@ def check_onnx_cuda(workdir: Path) -> Row:
     return verdict(ok, "; ".join(figures), f"tolerance {TOLERANCE:g}; {label}")
 
 
-def random_paper_ensemble(folder: Path) -> Path:
-    """Random efficientvit_l2 folds and their manifest: bench.random_ensemble without its ONNX
-    export, which takes minutes for five L2 folds."""
-    architecture, size = bench.PAPER
-    folder.mkdir(parents=True)
-    folds = []
-    for fold in range(bench.FOLDS):
-        path = folder / f"fold{fold}.safetensors"
-        models.save_weights(models.create(architecture), path)
-        folds.append(manifest.Fold(path.name, manifest.sha256_of(path)))
-    spec = models.default_input_spec(architecture, size)
-    threshold = manifest.Threshold(0.5, "fixed (GPU check, random weights)")
-    manifest.save(manifest.Manifest(architecture, spec, tuple(folds), threshold), folder)
-    return folder
-
-
 def check_l2_speed(workdir: Path) -> Row:
     """5 x efficientvit_l2 @256 px (the paper's ensemble, random weights), PyTorch on CUDA, per stack."""
     import torch
 
-    folder = random_paper_ensemble(workdir / "paper-l2")
+    folder = bench.random_folds(workdir / "paper-l2", *bench.PAPER)  # no ONNX: minutes for five L2
     stack = io.discover(STACK).files[0]
     started = time.perf_counter()
     score = bench.scorer("torch", folder, None)
