@@ -9,6 +9,14 @@ size) and returns the folds' mean P(atypical). Two variants are written:
   fp32 islands that timm keeps on purpose (EfficientViT's linear attention) stay fp32. Half the
   size; input and output stay fp32.
 
+The folds share one architecture, so the dynamo exporter traces one fold per variant and the
+ensemble graph is that trace repeated with each fold's weights: tracing all the folds at once
+took about five times as long, the exporter's cost growing with the size of the graph. The fp32
+graph is saved as ONNX Runtime's basic optimisations leave it (batch norms folded into the
+convolutions, constants folded), which is portable to any provider and CPU and leaves less for a
+session to do at start-up. The fp16 graph is saved as traced: on the CPU, ONNX Runtime would
+insert fp32 casts around every fp16 node.
+
 Each variant must match `amf.ensemble.Ensemble` on real crops within its tolerance, or the
 export fails with nothing written and the manifest untouched.
 """
@@ -24,9 +32,12 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
+from onnx import numpy_helper
 
-from amf import io, manifest, onnx_runtime
+from amf import io, manifest, models, onnx_runtime
 from amf.ensemble import Ensemble
 from amf.errors import ModelError
 from amf.preprocess import prepare
@@ -40,26 +51,40 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 INPUT_NAME = "crops"
 OUTPUT_NAME = "p_atypical"
+_CONVOLUTIONS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 
 log = logging.getLogger(__name__)
 
 
-class _MeanProbability(torch.nn.Module):
-    """All folds in one module computing in `dtype`: the mean of their fp32 sigmoid outputs, (N,).
+class _Member(torch.nn.Module):
+    """One fold computing in `dtype`, returning its fp32 sigmoid output, (N,).
 
-    Converts `members` in place (dtype, contiguous memory format), as `Ensemble.predict` does.
+    Converts `model` in place (dtype, contiguous memory format), as `Ensemble.predict` does, and
+    gives every bias-free convolution a zero bias: the exporter would otherwise compute the missing
+    bias in the graph, which stops ONNX Runtime from folding the next batch norm into it.
     """
 
-    def __init__(self, members: list[torch.nn.Module], dtype: torch.dtype) -> None:
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
-        self.members = torch.nn.ModuleList(
-            m.to(dtype=dtype, memory_format=torch.contiguous_format) for m in members
-        )
+        for layer in model.modules():
+            if isinstance(layer, _CONVOLUTIONS) and layer.bias is None:
+                layer.bias = torch.nn.Parameter(torch.zeros(layer.out_channels))
+        self.model = model.to(dtype=dtype, memory_format=torch.contiguous_format)
         self.dtype = dtype
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        x = crops.to(self.dtype)
-        return torch.stack([torch.sigmoid(m(x).float().reshape(-1)) for m in self.members]).mean(0)
+        return torch.sigmoid(self.model(crops.to(self.dtype)).float().reshape(-1))
+
+
+class _MeanProbability(torch.nn.Module):
+    """All folds in one module: the mean of their outputs, (N,). What the TorchScript exporter traces."""
+
+    def __init__(self, members: list[_Member]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(crops) for member in self.members]).mean(0)
 
 
 def export(
@@ -93,8 +118,8 @@ def export(
     with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=model_dir) as tmp:
         for variant, dtype in DTYPES.items():
             path = Path(tmp) / FILES[variant]
-            used = _export_graph(_MeanProbability(ensemble.members, dtype), batch, path, exporter, opset)
-            path.chmod(0o644)  # readable by the container's non-root user
+            graph, used = _export_graph(ensemble.members, spec.architecture, dtype, batch, exporter, opset)
+            _save(graph, path, optimise=variant == "fp32")
             entries[variant] = {**_check_parity(path, variant, batch, reference), "exporter": used}
         for variant in entries:
             os.replace(Path(tmp) / FILES[variant], model_dir / FILES[variant])
@@ -115,20 +140,28 @@ def parity_batch(crops: Path, spec: manifest.Manifest, max_crops: int) -> np.nda
     return prepare(pages[:max_crops], spec.input)
 
 
-def _export_graph(module: torch.nn.Module, batch: np.ndarray, path: Path, exporter: str, opset: int) -> str:
-    """Trace `module` into one graph file with a dynamic batch axis; return the exporter used."""
+def _export_graph(
+    members: list[torch.nn.Module],
+    architecture: str,
+    dtype: torch.dtype,
+    batch: np.ndarray,
+    exporter: str,
+    opset: int,
+) -> tuple[onnx.ModelProto, str]:
+    """The ensemble as one graph computing in `dtype`, with a dynamic batch axis; and the exporter used."""
     example = torch.from_numpy(np.concatenate([batch, batch])[:2])  # batch 2: keeps the axis dynamic
     if exporter != "torchscript":
         try:
-            _export_dynamo(module.eval(), example, path, opset)
-            return "dynamo"
+            return _export_dynamo(members, architecture, dtype, example, opset), "dynamo"
         except Exception as error:  # the exporter raises many types; any of them means "try the other"
             message = f"dynamo ONNX export failed ({type(error).__name__}: {error})"
             if exporter == "dynamo":
                 raise ModelError(message) from None
             log.warning("%s; falling back to TorchScript", message)
-    with warnings.catch_warnings():  # it is deprecated, and we chose it knowingly
-        warnings.simplefilter("ignore", DeprecationWarning)
+    module = _MeanProbability([_Member(member, dtype) for member in members])
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # it is deprecated, and we chose it knowingly
+        path = Path(tmp) / "ensemble.onnx"
         torch.onnx.export(
             module.eval(),
             (example,),
@@ -139,29 +172,95 @@ def _export_graph(module: torch.nn.Module, batch: np.ndarray, path: Path, export
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
-    return "torchscript"
+        return onnx.load(str(path)), "torchscript"
 
 
-def _export_dynamo(module: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def _export_dynamo(
+    members: list[torch.nn.Module], architecture: str, dtype: torch.dtype, example: torch.Tensor, opset: int
+) -> onnx.ModelProto:
+    """Trace one fold with torch.export, then repeat the trace once per fold with that fold's weights.
+
+    The traced fold is built afresh: a served model may hold inference caches (EfficientViT's
+    attention biases) that the trace would bake in as constants of one fold.
+    """
     for name in ("onnxscript", "onnx_ir"):  # their INFO lines list every folded constant
         logging.getLogger(name).setLevel(logging.WARNING)
-    torch.onnx.export(
-        module,
+    folds = [_Member(member, dtype) for member in members]
+    template = _Member(models.create(architecture), dtype)
+    template.load_state_dict(folds[0].state_dict())
+    program = torch.onnx.export(
+        template.eval(),
         (example,),
-        str(path),
         dynamo=True,
         opset_version=opset,
         output_names=[OUTPUT_NAME],
         dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
-        external_data=False,
+        optimize=False,  # initializers keep the parameters' names; ONNX Runtime optimises the result
         verbose=False,
     )
+    return _repeat_per_fold(program.model_proto, folds)
+
+
+def _repeat_per_fold(traced: onnx.ModelProto, folds: list[_Member]) -> onnx.ModelProto:
+    """One graph running `traced` once per fold, each copy with its fold's weights, outputs averaged."""
+    graph = onnx.GraphProto(name="ensemble", input=traced.graph.input)
+    outputs = []
+    for index, fold in enumerate(folds):
+        copy = onnx.compose.add_prefix(_with_weights(traced, fold), f"fold{index}/", rename_inputs=False)
+        graph.node.extend(copy.graph.node)
+        graph.initializer.extend(copy.graph.initializer)
+        outputs.append(copy.graph.output[0].name)
+    graph.node.append(onnx.helper.make_node("Mean", outputs, [OUTPUT_NAME], name="mean_over_folds"))
+    graph.output.append(traced.graph.output[0])
+    return onnx.helper.make_model(graph, opset_imports=traced.opset_import, ir_version=traced.ir_version)
+
+
+def _with_weights(traced: onnx.ModelProto, fold: _Member) -> onnx.ModelProto:
+    """`traced` with every initializer replaced by the parameter or buffer of `fold` of that name.
+
+    Raises:
+        ModelError: an initializer is no parameter or buffer of the fold, or differs in shape or type.
+    """
+    tensors = dict(fold.named_parameters()) | dict(fold.named_buffers())
+    model = onnx.ModelProto()
+    model.CopyFrom(traced)
+    for initializer in model.graph.initializer:
+        if initializer.name not in tensors:
+            raise ModelError(f"traced constant {initializer.name!r} is no parameter or buffer of the fold")
+        array = tensors[initializer.name].detach().cpu().numpy()
+        if (array.shape, array.dtype) != (
+            tuple(initializer.dims),
+            onnx.helper.tensor_dtype_to_np_dtype(initializer.data_type),
+        ):
+            raise ModelError(f"traced constant {initializer.name!r} differs from the fold's in shape or type")
+        initializer.CopyFrom(numpy_helper.from_array(array, initializer.name))
+    return model
+
+
+def _save(graph: onnx.ModelProto, path: Path, *, optimise: bool) -> None:
+    """Save `graph` without the exporter's per-node notes (source paths and stack traces), through
+    ONNX Runtime's basic, provider-independent optimisations when `optimise`."""
+    for node in graph.graph.node:
+        del node.metadata_props[:]
+    if not optimise:
+        onnx.save(graph, str(path))
+    else:
+        raw = path.with_suffix(".raw.onnx")
+        onnx.save(graph, str(raw))
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(path)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(raw), options, providers=[onnx_runtime.CPU])
+        raw.unlink()
+    path.chmod(0o644)  # readable by the container's non-root user
 
 
 def _check_parity(path: Path, variant: str, batch: np.ndarray, reference: np.ndarray) -> dict:
     """Run the saved graph as inference will (full batch and one crop) and compare with PyTorch."""
     providers = onnx_runtime.default_providers() if variant == "fp16" else [onnx_runtime.CPU]
-    session = onnx_runtime.OnnxEnsemble(onnx_runtime.open_session(path, providers))
+    session = onnx_runtime.OnnxEnsemble(onnx_runtime.open_session(path, providers), path.name)
+    onnx_runtime.check_signature(session.session, path, batch.shape[-1])
     outputs = np.concatenate([session.predict(batch), session.predict(batch[:1])])
     difference = float(np.max(np.abs(outputs - np.concatenate([reference, reference[:1]]))))
     if not difference <= TOLERANCE[variant]:  # also catches NaN
@@ -179,12 +278,10 @@ def _check_parity(path: Path, variant: str, batch: np.ndarray, reference: np.nda
 
 
 def _versions() -> dict[str, str]:
-    import onnxruntime
-
     return {
         "torch": torch.__version__,
         "onnxscript": metadata.version("onnxscript"),
-        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime": ort.__version__,
     }
 
 

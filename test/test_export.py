@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
-from conftest import FIXTURE_ENSEMBLE, SAMPLE_INPUT
+from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT
 
 from amf import export, manifest, onnx_runtime
 from amf.__main__ import main
@@ -66,6 +68,40 @@ def test_fp16_graph_is_smaller_and_close(exported: Path) -> None:
     )
 
 
+def test_graph_is_one_trace_per_fold_saved_optimised(exported: Path) -> None:
+    """fp32: the folds' copies of one trace, averaged, batch norms folded into the convolutions;
+    fp16: fp16 weights as traced (no fp32 casts a CPU session would add); neither holds the
+    exporter's per-node notes, which name this machine's paths."""
+    fp32, fp16 = (onnx.load(str(exported / export.FILES[v])) for v in ("fp32", "fp16"))
+    (mean,) = [node for node in fp32.graph.node if node.op_type == "Mean"]
+    assert list(mean.output) == [export.OUTPUT_NAME] and len(mean.input) == 3
+    assert not [node for node in fp32.graph.node if node.op_type == "BatchNormalization"]
+    convolutions = {node.input[1] for node in fp16.graph.node if node.op_type == "Conv"}
+    weights = [i.data_type for i in fp16.graph.initializer if i.name in convolutions]
+    assert weights and set(weights) == {onnx.TensorProto.FLOAT16}
+    for variant in ("fp32", "fp16"):
+        assert str(ROOT).encode() not in (exported / export.FILES[variant]).read_bytes()
+
+
+def test_trace_constant_that_is_no_fold_weight_is_refused() -> None:
+    """A constant baked into the trace (a cache of one fold) must not be shared by every fold."""
+    fold = export._Member(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1)), torch.float32)
+    weight = fold.model[0].weight.detach().numpy()
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["crops", "model.0.weight"], ["p"])],
+        "traced",
+        [onnx.helper.make_tensor_value_info("crops", onnx.TensorProto.FLOAT, ["batch", 3, 4, 4])],
+        [onnx.helper.make_tensor_value_info("p", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.zeros_like(weight), "model.0.weight")],
+    )
+    traced = onnx.helper.make_model(graph)
+    (initializer,) = export._with_weights(traced, fold).graph.initializer
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(initializer), weight)
+    traced.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(2, np.float32), "cache"))
+    with pytest.raises(ModelError, match="traced constant 'cache' is no parameter or buffer of the fold"):
+        export._with_weights(traced, fold)
+
+
 def test_failed_dynamo_export_falls_back_to_torchscript(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -101,10 +137,11 @@ def test_unknown_exporter_is_refused(tmp_path: Path) -> None:
     [
         ("ensemble.onnx", "onnx must be an object or null"),
         ({"opset": 18}, "onnx names no graph"),
-        ({"fp32": {"sha256": "0"}}, "must each be an object with a 'file' string"),
+        ({"fp32": {"sha256": "0"}}, "must each be an object whose 'file' is a relative path"),
+        ({"fp32": {"file": "/etc/passwd"}}, "must each be an object whose 'file' is a relative path"),
     ],
 )
 def test_manifest_rejects_malformed_onnx_entry(onnx: object, message: str) -> None:
-    data = manifest.load(FIXTURE_ENSEMBLE).to_dict() | {"onnx": onnx}
+    data = json.loads((FIXTURE_ENSEMBLE / manifest.MANIFEST_NAME).read_text()) | {"onnx": onnx}
     with pytest.raises(ModelError, match=message):
         manifest.from_dict(data)

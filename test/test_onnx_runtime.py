@@ -15,7 +15,7 @@ import pytest
 from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT
 from onnx import TensorProto, helper
 
-from amf import io, manifest, onnx_runtime, predict
+from amf import io, manifest, onnx_runtime, predict, writing
 from amf.errors import ModelError
 from amf.manifest import Fold, InputSpec, Manifest, Threshold
 
@@ -33,6 +33,142 @@ def _mean_sigmoid_graph(path: Path) -> None:
     ]
     graph = helper.make_graph(nodes, "mean_sigmoid", [crops], [output], [axes])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+
+
+def _graph(path: Path, crops: list, outputs: dict[str, tuple[int, list]], nodes: list) -> None:
+    """A small graph with input `crops` (float, shape `crops`) and the given float/int outputs."""
+    inputs = [helper.make_tensor_value_info("crops", TensorProto.FLOAT, crops)]
+    axes = helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3])
+    hw = helper.make_tensor("hw", TensorProto.INT64, [2], [-2, -1])
+    values = [helper.make_tensor_value_info(name, kind, shape) for name, (kind, shape) in outputs.items()]
+    graph = helper.make_graph(nodes, "hostile", inputs, values, [axes, hw])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+
+
+def _reduce(output: str = "mean", **attributes: int) -> onnx.NodeProto:
+    return helper.make_node("ReduceMean", ["crops", "axes"], [output], **attributes)
+
+
+# Each graph is wrong in one way; `load` must refuse it before inference, naming the file.
+_BAD_SIGNATURES = {
+    "input rank 3": (
+        ["batch", 3, 16],
+        {"p": (TensorProto.FLOAT, ["batch"])},
+        [helper.make_node("ReduceMean", ["crops", "hw"], ["p"], keepdims=0)],
+        r"input is tensor\(float\) \['batch', 3, 16\], expected tensor\(float\) \[N, 3, 16, 16\]",
+    ),
+    "input size 32 for a 16 px manifest": (
+        ["batch", 3, 32, 32],
+        {"p": (TensorProto.FLOAT, ["batch"])},
+        [_reduce("p", keepdims=0)],
+        r"input is tensor\(float\) \['batch', 3, 32, 32\]",
+    ),
+    "integer output": (
+        ["batch", 3, 16, 16],
+        {"p": (TensorProto.INT64, ["batch"])},
+        [_reduce(keepdims=0), helper.make_node("Cast", ["mean"], ["p"], to=TensorProto.INT64)],
+        r"output is tensor\(int64\) \['batch'\], expected a float \[N\] or \[N, 1\]",
+    ),
+    "output of shape [N, 3]": (
+        ["batch", 3, 16, 16],
+        {"p": (TensorProto.FLOAT, ["batch", 3])},
+        [helper.make_node("ReduceMean", ["crops", "hw"], ["p"], keepdims=0)],
+        r"output is tensor\(float\) \['batch', 3\]",
+    ),
+    "two outputs": (
+        ["batch", 3, 16, 16],
+        {"p": (TensorProto.FLOAT, ["batch"]), "q": (TensorProto.FLOAT, ["batch"])},
+        [_reduce("p", keepdims=0), helper.make_node("Identity", ["p"], ["q"])],
+        "has 1 inputs and 2 outputs, expected one of each",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_SIGNATURES))
+def test_graph_with_wrong_signature_is_refused_at_load(tmp_path: Path, case: str) -> None:
+    crops, outputs, nodes, message = _BAD_SIGNATURES[case]
+    _graph(tmp_path / "bad.onnx", crops, outputs, nodes)
+    with pytest.raises(ModelError, match=rf"bad\.onnx: ONNX graph {message}") as error:
+        onnx_runtime.OnnxEnsemble.load(
+            _manifest({"fp32": {"file": "bad.onnx"}}), tmp_path, [onnx_runtime.CPU]
+        )
+    assert "\n" not in str(error.value)
+
+
+def test_output_of_shape_n_by_1_is_accepted(tmp_path: Path) -> None:
+    _graph(
+        tmp_path / "column.onnx",
+        ["batch", 3, 16, 16],
+        {"p": (TensorProto.FLOAT, ["batch", 1])},
+        [
+            _reduce(keepdims=0),
+            helper.make_node("Sigmoid", ["mean"], ["sigmoid"]),
+            helper.make_node("Unsqueeze", ["sigmoid", "one"], ["p"]),
+        ],
+    )
+    model = onnx.load(str(tmp_path / "column.onnx"))
+    model.graph.initializer.append(helper.make_tensor("one", TensorProto.INT64, [1], [1]))
+    onnx.save(model, str(tmp_path / "column.onnx"))
+    ensemble = onnx_runtime.OnnxEnsemble.load(
+        _manifest({"fp32": {"file": "column.onnx"}}), tmp_path, [onnx_runtime.CPU]
+    )
+    batch = np.zeros((3, 3, 16, 16), np.float32)
+    np.testing.assert_allclose(ensemble.predict(batch), [0.5, 0.5, 0.5])
+
+
+def _scaled_graph(path: Path, scale: float, start: int = 0) -> onnx_runtime.OnnxEnsemble:
+    """A graph with the right signature whose output is `scale` * mean(crop), from crop `start` on."""
+    nodes = [
+        _reduce(keepdims=0),
+        helper.make_node("Mul", ["mean", "scale"], ["scaled"]),
+        helper.make_node("Slice", ["scaled", "start", "end"], ["p"]),
+    ]
+    _graph(path, ["batch", 3, 16, 16], {"p": (TensorProto.FLOAT, ["batch"])}, nodes)
+    model = onnx.load(str(path))
+    model.graph.initializer.extend(
+        [
+            helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
+            helper.make_tensor("start", TensorProto.INT64, [1], [start]),
+            helper.make_tensor("end", TensorProto.INT64, [1], [2**62]),
+        ]
+    )
+    onnx.save(model, str(path))
+    spec = _manifest({"fp32": {"file": path.name}})
+    return onnx_runtime.OnnxEnsemble.load(spec, path.parent, [onnx_runtime.CPU])
+
+
+@pytest.mark.parametrize(
+    ("scale", "start", "crop_value", "message"),
+    [
+        (2.0, 0, 0.75, r"is not a probability \(non-finite or outside \[0, 1\]\)"),  # 1.5
+        (-1.0, 0, 0.25, "is not a probability"),  # -0.25
+        (float("nan"), 0, 0.5, "is not a probability"),
+        (1.0, 1, 0.5, "has 3 values for 4 crops"),  # drops the first crop
+    ],
+)
+def test_graph_output_that_is_no_probability_is_refused(
+    tmp_path: Path, scale: float, start: int, crop_value: float, message: str
+) -> None:
+    ensemble = _scaled_graph(tmp_path / "wild.onnx", scale, start)
+    with pytest.raises(ModelError, match=rf"wild\.onnx: graph output {message}"):
+        ensemble.predict(np.full((4, 3, 16, 16), crop_value, np.float32))
+
+
+def test_in_range_output_of_the_same_graph_is_served(tmp_path: Path) -> None:
+    """The refusals above are about the values: the same graph on harmless crops is served."""
+    ensemble = _scaled_graph(tmp_path / "wild.onnx", 2.0)
+    np.testing.assert_allclose(ensemble.predict(np.full((4, 3, 16, 16), 0.25, np.float32)), [0.5] * 4)
+
+
+def test_non_float_output_at_run_time_is_refused(tmp_path: Path) -> None:
+    """A graph that declares no output type it can be checked by at load still cannot pass integers."""
+    nodes = [_reduce(keepdims=0), helper.make_node("Cast", ["mean"], ["p"], to=TensorProto.INT32)]
+    _graph(tmp_path / "int.onnx", ["batch", 3, 16, 16], {"p": (TensorProto.INT32, ["batch"])}, nodes)
+    session = onnx_runtime.open_session(tmp_path / "int.onnx", [onnx_runtime.CPU])
+    with pytest.raises(ModelError, match=r"int\.onnx: graph output is int32, not floating point"):
+        onnx_runtime.OnnxEnsemble(session, str(tmp_path / "int.onnx")).predict(
+            np.zeros((2, 3, 16, 16), np.float32)
+        )
 
 
 def _manifest(onnx_entry: dict) -> Manifest:
@@ -160,7 +296,7 @@ def test_container_run_through_each_backend(
     (served / manifest.MANIFEST_NAME).write_text(json.dumps(spec))
     result = _inference(served, tmp_path / "out", "--backend", backend)
     assert result.returncode == 0, result.stderr
-    records = json.loads((tmp_path / "out" / io.OUTPUT_NAME).read_text())
+    records = json.loads((tmp_path / "out" / writing.OUTPUT_NAME).read_text())
     expected = reference[tta]
     assert [r["class"] for r in records] == ["atypical" if p >= 0.5 else "normal" for p in expected]
     assert all(isinstance(r["confidence"], float) for r in records)
@@ -180,7 +316,7 @@ def test_unknown_backend_in_environment_is_one_line_error(exported: Path, tmp_pa
     result = _inference(exported, tmp_path, env={"AMF_BACKEND": "tvm"})
     assert result.returncode == 2
     assert "back end must be one of" in result.stderr and "AMF_BACKEND" in result.stderr
-    assert not (tmp_path / io.OUTPUT_NAME).exists()
+    assert not (tmp_path / writing.OUTPUT_NAME).exists()
 
 
 def test_onnx_path_never_imports_torch_or_timm(exported: Path, tmp_path: Path) -> None:
@@ -203,7 +339,7 @@ def test_missing_onnx_file_fails_naming_it(exported: Path, tmp_path: Path) -> No
     result = _inference(broken, tmp_path / "out")
     assert result.returncode == 2
     assert "ensemble.fp32.onnx: ONNX graph (fp32) named in the manifest is missing" in result.stderr
-    assert not (tmp_path / "out" / io.OUTPUT_NAME).exists()
+    assert not (tmp_path / "out" / writing.OUTPUT_NAME).exists()
 
 
 def test_forcing_onnx_without_graph_is_a_model_error() -> None:
