@@ -1,95 +1,154 @@
 #!/usr/bin/env bash
 # Build the container images (README.md, "Container").
 #
-#   ./build.sh            the inference image ($AMF_IMAGE, default amf:latest): grand-challenge's
+#   ./build.sh            both inference images, what ./test.sh checks:
+#                           $AMF_CPU_IMAGE (default amf-cpu:latest)  Dockerfile --target cpu: ONNX Runtime, no torch
+#                           $AMF_IMAGE     (default amf:latest)      Dockerfile --target gpu: the image to upload
+#   ./build.sh cpu | gpu  one of them
 #   ./build.sh train      the training image ($AMF_TRAIN_IMAGE, default amf-train:latest)
-#   ./build.sh all        both
+#   ./build.sh all        all three
 #
-# Docker when an engine answers, else podman (installed first on Debian when missing). The base is
-# the Dockerfile's default BASE_IMAGE, the real pytorch/pytorch tag, when it is present or can be
-# pulled; else, with podman, a local stand-in built once from Debian and this machine's torch
-# wheels (docker/standin/). AMF_BASE_IMAGE=<image> forces a base. With no engine at all, the
-# local Python environment is prepared instead and ./test.sh runs its checks through it.
+# Docker when an engine answers, else podman (installed first on Debian when missing). Each base
+# is the Dockerfile's pinned default when it is present or can be pulled; else, with podman, a
+# local stand-in built once from Debian (docker/standin/): Python 3.11 for the CPU image, the
+# same plus this machine's torch wheels for the GPU and training images. AMF_BASE_IMAGE and
+# AMF_CPU_BASE_IMAGE force a base. With no engine at all no image is built: the local Python
+# environments are prepared instead, ./test.sh runs its checks through them, and this script
+# says so in its last line.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=docker/lib.sh
 source "$ROOT/docker/lib.sh"
 
 case "${1:-inference}" in
-    inference | train) TARGETS=("${1:-inference}") ;;
-    all) TARGETS=(inference train) ;;
-    *) die "usage: ./build.sh [inference|train|all]" ;;
+    inference) TARGETS=(cpu gpu) ;;
+    cpu | gpu | train) TARGETS=("$1") ;;
+    all) TARGETS=(cpu gpu train) ;;
+    *) die "usage: ./build.sh [inference|cpu|gpu|train|all]  (no argument: cpu and gpu)" ;;
 esac
 
-# The pinned real base: the default of both Dockerfiles, which must agree.
+# A Dockerfile's default for a build argument.
+dockerfile_default() { sed -n "s/^ARG $2=//p" "$ROOT/$1"; }
+
+# The pinned real base of a target (GPU and training images must agree); podman resolves no
+# short names here, so it gets docker.io/ in front.
 real_base() {
-    local inference train
-    inference=$(sed -n 's/^ARG BASE_IMAGE=//p' "$ROOT/Dockerfile")
-    train=$(sed -n 's/^ARG BASE_IMAGE=//p' "$ROOT/Dockerfile.train")
-    [[ -n $inference && $inference == "$train" ]] \
-        || die "Dockerfile and Dockerfile.train must default to the same BASE_IMAGE ('$inference', '$train')"
-    [[ $ENGINE == podman ]] && inference="docker.io/$inference" # podman resolves no short names here
-    echo "$inference"
+    local base
+    if [[ $1 == cpu ]]; then
+        base=$(dockerfile_default Dockerfile CPU_BASE_IMAGE)
+    else
+        base=$(dockerfile_default Dockerfile BASE_IMAGE)
+        local train
+        train=$(dockerfile_default Dockerfile.train BASE_IMAGE)
+        [[ -n $base && $base == "$train" ]] \
+            || die "Dockerfile and Dockerfile.train must default to the same BASE_IMAGE ('$base', '$train')"
+    fi
+    [[ -n $base ]] || die "Dockerfile has no default base for the $1 image"
+    [[ $ENGINE == podman ]] && base="docker.io/$base"
+    echo "$base"
 }
 
-# Sets BASE and prints the one line saying which base this is and what a build on it proves.
+# The serving pins of requirements-serve.txt and requirements-gpu.txt must agree (the GPU file
+# repeats them with onnxruntime-gpu for onnxruntime): both images then serve with the same
+# numpy, Pillow and ONNX Runtime release.
+check_pins() {
+    local line name gpu
+    while read -r line; do
+        name=${line%%==*}
+        [[ $name == onnxruntime ]] && name=onnxruntime-gpu
+        gpu=$(grep -iE "^$name==" "$ROOT/requirements-gpu.txt" || true)
+        [[ ${gpu#*==} == "${line#*==}" ]] \
+            || die "requirements-gpu.txt must pin $name==${line#*==} as requirements-serve.txt does (it has '${gpu:-nothing}')"
+    done < <(grep -E '^[A-Za-z0-9_.-]+==' "$ROOT/requirements-serve.txt")
+}
+
+# Prints the base for a target (cpu, or gpu/train) and says, on stderr, which base it is and
+# what a build on it proves.
 choose_base() {
-    local real
-    real=$(real_base)
-    if [[ -n ${AMF_BASE_IMAGE:-} ]]; then
-        BASE=$AMF_BASE_IMAGE
-        say "base: $BASE (AMF_BASE_IMAGE); the image to upload must be built from $real"
-    elif image_exists "$real" || engine pull "$real" >"$ROOT/build/pull.log" 2>&1; then
-        BASE=$real
-        say "base: $BASE, the real base: this image is the one to upload (here it runs on the CPU only)"
-    elif [[ $ENGINE == podman ]]; then
-        say "cannot pull $real (no registry reachable): using a local stand-in base"
-        BASE=$("$ROOT/docker/standin/build.sh")
-        say "base: $BASE, a LOCAL STAND-IN for $real (Debian 12, Python 3.11, the same torch from this" \
-            "machine's wheels): proves the Dockerfile's steps, the requirements beside a preinstalled torch," \
-            "the non-root user, paths, mounts and the no-network contract; not CUDA/GPU behaviour nor the real" \
-            "base's Python and libraries, so the image to upload must be built from the real base (README.md)"
+    local kind=$1 real forced standin
+    real=$(real_base "$kind")
+    if [[ $kind == cpu ]]; then
+        forced=${AMF_CPU_BASE_IMAGE:-} standin=python
     else
-        die "cannot pull $real with docker; pull or load it, or set AMF_BASE_IMAGE"
+        forced=${AMF_BASE_IMAGE:-} standin=pytorch
+    fi
+    if [[ -n $forced ]]; then
+        say "$kind base: $forced (forced); the image to upload must be built from $real"
+        echo "$forced"
+    elif image_exists "$real" || engine pull "$real" >"$ROOT/build/pull-$kind.log" 2>&1; then
+        say "$kind base: $real, the real base"
+        echo "$real"
+    elif [[ $ENGINE == podman ]]; then
+        local base
+        say "cannot pull $real (no registry reachable): using a local stand-in base"
+        base=$("$ROOT/docker/standin/build.sh" "$standin")
+        say "$kind base: $base, a LOCAL STAND-IN for $real (Debian 12, Python 3.11$([[ $kind == cpu ]] \
+            || echo ", the same torch from this machine's wheels")): proves the Dockerfile's steps, the requirements," \
+            "the non-root user, paths, mounts and the no-network contract; not the real base's Python and" \
+            "libraries$([[ $kind == cpu ]] || echo " nor CUDA/GPU behaviour"), so an image for real use must be" \
+            "built from the real base (README.md)"
+        echo "$base"
+    else
+        die "cannot pull $real with docker; pull or load it, or set $([[ $kind == cpu ]] && echo AMF_CPU_BASE_IMAGE || echo AMF_BASE_IMAGE)"
     fi
 }
 
 build_image() {
-    local target=$1 file tag start=$SECONDS
+    local target=$1 base=$2 file tag args start=$SECONDS
     case $target in
-        inference) file=Dockerfile tag=$AMF_IMAGE ;;
-        train) file=Dockerfile.train tag=$AMF_TRAIN_IMAGE ;;
+        cpu) file=Dockerfile tag=$AMF_CPU_IMAGE args=(--target cpu --build-arg "CPU_BASE_IMAGE=$base") ;;
+        gpu) file=Dockerfile tag=$AMF_IMAGE args=(--target gpu --build-arg "BASE_IMAGE=$base") ;;
+        train) file=Dockerfile.train tag=$AMF_TRAIN_IMAGE args=(--build-arg "BASE_IMAGE=$base") ;;
     esac
-    local args=(build --platform linux/amd64 -f "$ROOT/$file" --build-arg "BASE_IMAGE=$BASE" -t "$tag")
+    args=(build --platform linux/amd64 -f "$ROOT/$file" "${args[@]}" -t "$tag")
     [[ $ENGINE == podman ]] && args+=(--format docker "${PIP_MOUNTS[@]}")
     local previous
     previous=$(engine image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
-    logged "$ROOT/build/$target-build.log" engine "${args[@]}" "$ROOT" || die "could not build $tag from $file"
-    say "built $tag ($file, $ENGINE) in $((SECONDS - start)) s"
+    logged "$ROOT/build/$target-build.log" engine "${args[@]}" "$ROOT" || die "could not build $tag ($file, $target)"
+    say "built $tag ($file, $target, $ENGINE) in $((SECONDS - start)) s: $(image_size "$tag")"
     # The image this tag named before is now untagged: drop it (it fails harmlessly if still used).
     if [[ -n $previous && $previous != $(engine image inspect --format '{{.Id}}' "$tag") ]]; then
         engine rmi "$previous" >/dev/null 2>&1 || true
     fi
 }
 
+image_size() {
+    engine image inspect --format '{{.Size}}' "$1" | awk '{ printf "%.0f MB", $1 / 1e6 }'
+}
+
+# No engine: the environments ./test.sh then uses, and a last line that says no image was built.
+no_engine() {
+    ensure_serve_venv
+    ensure_venv
+    local why="no docker or podman here, and podman is installed only as root with apt-get"
+    [[ -n ${AMF_ENGINE:-} ]] && why="AMF_ENGINE=none"
+    say "NO IMAGE BUILT ($why). Prepared .venv-serve and .venv instead: ./test.sh runs its checks" \
+        "through them, which proves the code, not an image"
+}
+
 main() {
     local start=$SECONDS
+    check_pins
     use_engine install
     if [[ $ENGINE == none ]]; then
-        say "no container engine (docker or podman) here and none installable: preparing the local" \
-            "Python environment instead; ./test.sh will run the checks through it (proves the code, not an image)"
-        ensure_venv
+        no_engine
         return
     fi
     mkdir -p "$ROOT/model" "$ROOT/build" # git keeps no empty folder; the Dockerfile copies model/
     [[ -f $ROOT/model/manifest.json || ${TARGETS[*]} == train ]] \
-        || say "model/ holds no ensemble: nothing is baked in; the image then needs a model at /opt/ml/model"
+        || say "model/ holds no ensemble: nothing is baked in; the images then need a model at /opt/ml/model"
     [[ $ENGINE == podman ]] && pip_mounts
-    choose_base
+    local target kind
+    local -A bases=() # cpu / gpu (the GPU and training images share theirs): chosen once
     for target in "${TARGETS[@]}"; do
-        build_image "$target"
+        kind=gpu
+        [[ $target == cpu ]] && kind=cpu
+        if [[ -z ${bases[$kind]:-} ]]; then
+            bases[$kind]=$(choose_base "$kind") # not in a || list: set -e must see a failure here
+        fi
+        build_image "$target" "${bases[$kind]}"
     done
-    say "build.sh done in $((SECONDS - start)) s"
+    say "build.sh done in $((SECONDS - start)) s: built ${TARGETS[*]}"
 }
 
 main

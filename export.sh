@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Write the grand-challenge upload (README.md, "Container"):
-#   build/amf.tar.gz     the inference image: docker save IMAGE | gzip
+#   build/amf.tar.gz     the GPU inference image ($AMF_IMAGE, amf:latest): docker save IMAGE | gzip
 #   build/model.tar.gz   model/ (grand-challenge extracts it to /opt/ml/model)
 #
 # Usage: ./export.sh [--allow-standin] [OUT_DIR]
@@ -19,15 +19,15 @@ if [[ ${1:-} == --allow-standin ]]; then
 fi
 OUT="${1:-$ROOT/build}"
 
-# Optional step, AMF_ONNX=1 ./export.sh: serve the ensemble through ONNX Runtime (README.md,
-# "Speed"). Writes model/ensemble.fp32.onnx and .fp16.onnx, each checked against the PyTorch
-# ensemble and recorded in model/manifest.json (python -m amf export), then rebuilds the image so
-# that it bakes them in. Without it, model/ ships as it is (PyTorch back end).
+# Optional step, AMF_ONNX=1 ./export.sh: export model/ to ONNX again (after retraining it, say).
+# Writes model/ensemble.fp32.onnx and .fp16.onnx, each checked against the PyTorch ensemble and
+# recorded in model/manifest.json (python -m amf export), then rebuilds the GPU image so that it
+# bakes them in. Without it, model/ ships as committed (README.md, "ONNX export").
 if [[ ${AMF_ONNX:-0} == 1 ]]; then
     say "exporting model/ to ONNX, then rebuilding $AMF_IMAGE"
     ensure_venv
     "$VENV/bin/python" -m amf export --model "$ROOT/model"
-    "$ROOT/build.sh" inference
+    "$ROOT/build.sh" gpu
 fi
 
 use_engine detect

@@ -2,16 +2,56 @@
 # Classify crops on this machine without a container: the README's one command for the main job.
 #
 #   ./run.sh --input <folder, stack file or grand-challenge input> --output <folder> [--model DIR]
+#   ./run.sh --help                     inference.py's options
+#   ./run.sh -m amf <command> ...       training, evaluation, export: `python -m amf`
 #
-# Creates .venv from requirements-dev.txt on first use (minutes: torch), then runs inference.py,
-# exactly the container's entry point, with the same arguments. Any `python -m amf` command
-# runs the same way: ./run.sh -m amf train --help.
+# Runs inference.py, exactly the CPU image's entry point, with the same arguments, in .venv-serve:
+# ONNX Runtime, numpy and Pillow from requirements-serve.txt, no torch (created on first use in
+# seconds). An ensemble whose manifest names no ONNX graph, or `--backend torch` /
+# AMF_BACKEND=torch, needs PyTorch: then it runs in .venv (requirements-dev.txt, minutes the first
+# time), as `-m amf` commands always do.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=docker/lib.sh
 source "$ROOT/docker/lib.sh"
-ensure_venv
-if [[ ${1:-} == -m ]]; then
-    exec "$VENV/bin/python" "$@"
-fi
-exec "$VENV/bin/python" "$ROOT/inference.py" "$@"
+
+# Exit status 0 when inference.py with these arguments would take the PyTorch back end: the rule
+# of amf.predict.load_predictor, read with the serving environment (amf's own manifest reader;
+# torch-free). A manifest it cannot read is left to inference.py to report.
+wants_torch() {
+    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$SERVE_VENV/bin/python" - "$@" <<'EOF'
+import argparse, os, sys
+from amf import manifest, predict
+
+parser = argparse.ArgumentParser(add_help=False)
+parser.add_argument("--model")
+parser.add_argument("--backend")
+args, _ = parser.parse_known_args(sys.argv[1:])
+backend = args.backend or os.environ.get(predict.BACKEND_VARIABLE) or "auto"
+try:
+    graphs = manifest.load(args.model or predict.default_model_dir()).onnx
+except Exception:
+    graphs = True
+sys.exit(0 if backend == "torch" or (backend == "auto" and not graphs) else 1)
+EOF
+}
+
+main() {
+    if [[ ${1:-} == -m ]]; then
+        ensure_venv
+        exec "$VENV/bin/python" "$@"
+    fi
+    ensure_serve_venv
+    if [[ " $* " == *" -h "* || " $* " == *" --help "* ]]; then
+        say "./run.sh = python inference.py (the container's entry point) in .venv-serve;" \
+            "./run.sh -m amf --help for training and export. inference.py's options:"
+    elif wants_torch "$@"; then
+        say "this ensemble needs the PyTorch back end (no ONNX graph in its manifest, or --backend torch):" \
+            "running in .venv (requirements-dev.txt) instead of .venv-serve"
+        ensure_venv
+        exec "$VENV/bin/python" "$ROOT/inference.py" "$@"
+    fi
+    exec "$SERVE_VENV/bin/python" "$ROOT/inference.py" "$@"
+}
+
+main "$@"

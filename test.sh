@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Run the built image the way grand-challenge does, check what it writes, then the unit tests
-# (README.md, "Container"). One line per check: PASS / FAIL <check>: reason / SKIP <check>: reason.
+# Run both inference images the way grand-challenge does and check what they write, then the
+# training image's command line, then the unit tests (README.md, "Container"). One line per
+# check: PASS / FAIL <check>: reason / SKIP <check>: reason. The inference checks run once per
+# image: cpu/<check> on $AMF_CPU_IMAGE (ONNX Runtime, no torch), gpu/<check> on $AMF_IMAGE.
 #
 # Every run: --network none, /input read-only, a fresh /tmp, /output writable by the image's
 # non-root user, the model (when one is mounted) read-only at /opt/ml/model, and a read-only root
 # file system (stricter than grand-challenge: nothing may be written outside /output and /tmp).
-# Confidences are compared with an absolute tolerance of $ATOL. With no container engine the same
-# checks run through the local Python environment (.venv), which proves the code, not an image.
-# AMF_SKIP_PYTEST=1 ./test.sh runs the container checks only.
+# Confidences are compared with an absolute tolerance of $ATOL. Each check runs with `set -e`:
+# a failing step (staging a folder, a reference run) fails the check, naming the step. With no
+# container engine the same checks run through the local environments (cpu: .venv-serve,
+# gpu: .venv), which proves the code, not an image. AMF_SKIP_PYTEST=1 ./test.sh runs the
+# container checks only.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=docker/lib.sh
@@ -20,6 +24,9 @@ DATA="$ROOT/../shared/data"
 FIXTURE="$ROOT/test/fixtures/ensemble"
 EXPECTED="$ROOT/test/expected_output.json"
 PASSED=0 FAILED=0 SKIPPED=0
+SKIP=77 # a check's exit status for "skipped" (automake's convention; no command here returns it)
+FLAVOUR=gpu # the image under test: cpu or gpu (set by main for each round of checks)
+CHECK_STATUS=0 # the last check's exit status (run_check)
 
 # ---------------------------------------------------------------- running the image (or the code)
 
@@ -39,17 +46,31 @@ new_output() {
     echo "$dest"
 }
 
-# predict INPUT OUTPUT [MODEL]: one grand-challenge run; its log goes to OUTPUT.log.
+# The image of the flavour under test.
+image() { if [[ $FLAVOUR == cpu ]]; then echo "$AMF_CPU_IMAGE"; else echo "$AMF_IMAGE"; fi; }
+
+# predict INPUT OUTPUT [MODEL]: one grand-challenge run; its log goes to OUTPUT.log. Without an
+# engine, inference.py in the flavour's local environment (the CPU image's only back end: ONNX).
 predict() {
     local input=$1 output=$2 model=${3:-}
-    if [[ $ENGINE == none ]]; then
+    if [[ $ENGINE == none && $FLAVOUR == cpu ]]; then
+        AMF_BACKEND=onnx "$SERVE_VENV/bin/python" "$ROOT/inference.py" \
+            --input "$input" --output "$output" ${model:+--model "$model"}
+    elif [[ $ENGINE == none ]]; then
         "$PY" "$ROOT/inference.py" --input "$input" --output "$output" ${model:+--model "$model"}
     else
         local args=(run --rm --network none --read-only --tmpfs /tmp
             --volume "$input:/input:ro" --volume "$output:/output")
         [[ -n $model ]] && args+=(--volume "$model:/opt/ml/model:ro")
-        engine "${args[@]}" "$AMF_IMAGE"
+        engine "${args[@]}" "$(image)"
     fi >"$output.log" 2>&1
+}
+
+# local_predict INPUT OUTPUT MODEL: what the flavour's code gives outside any image (a reference).
+local_predict() {
+    local python=$PY
+    [[ $FLAVOUR == cpu ]] && python="$SERVE_VENV/bin/python"
+    "$python" "$ROOT/inference.py" --input "$1" --output "$2" --model "$3" >"$2.log" 2>&1
 }
 
 # train_cli ARGS...: the training image's command line (or the local one), data read-only
@@ -70,25 +91,63 @@ reference_model() {
     if [[ -f $ROOT/model/manifest.json ]]; then echo "$ROOT/model"; else echo "$FIXTURE"; fi
 }
 
+names_graphs() {
+    "$PY" -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1])).get("onnx") else 1)' "$1/manifest.json"
+}
+
+# The fixture ensemble the override check mounts. The GPU image takes it as committed (torch-only:
+# its PyTorch back end); the CPU image has only ONNX Runtime, so it gets the fixture with ONNX
+# graphs: the committed one when its manifest names graphs, else a copy exported here with
+# `python -m amf export` (about 1 minute), cached under build/ by the fixture's contents.
+override_fixture() {
+    if [[ $FLAVOUR == gpu ]] || names_graphs "$FIXTURE"; then
+        echo "$FIXTURE"
+        return
+    fi
+    local key dest
+    key=$(cat "$FIXTURE"/* "$ROOT"/amf/export.py | sha256sum | cut -c1-12)
+    dest="$ROOT/build/fixture-onnx/$key"
+    if [[ ! -f $dest/manifest.json ]]; then
+        rm -rf "$dest" "$dest.part"
+        mkdir -p "$dest.part"
+        cp "$FIXTURE"/* "$dest.part/"
+        "$PY" -m amf export --model "$dest.part" >"$dest.log" 2>&1 \
+            || { echo "exporting the fixture to ONNX failed: $(last_line "$dest.log")" >&2; return 1; }
+        mv "$dest.part" "$dest"
+    fi
+    echo "$dest"
+}
+
 relative() { echo "${1#"$ROOT/"}/"; }
 
 compare() { "$PY" "$ROOT/test/compare_output.py" --atol "$ATOL" "$@"; }
 
 last_line() { grep -v 'level=warning' "$1" | tail -n 1; }
 
-# ---------------------------------------------------------------- checks (echo reason; 0 pass, 1 fail, 3 skip)
+# ---------------------------------------------------------------- checks (echo reason; 0 pass, $SKIP skip, else fail)
 
 check_image_config() {
-    [[ $ENGINE != none ]] || { echo "no container engine"; return 3; }
+    [[ $ENGINE != none ]] || { echo "no container engine"; return $SKIP; }
     local config uid
     config=$(engine image inspect --format \
-        '{{.Config.User}}|{{.Config.WorkingDir}}|{{json .Config.Entrypoint}}|{{json .Config.Env}}' "$AMF_IMAGE")
-    uid=$(engine run --rm --network none --entrypoint id "$AMF_IMAGE" -u)
+        '{{.Config.User}}|{{.Config.WorkingDir}}|{{json .Config.Entrypoint}}|{{json .Config.Env}}' "$(image)")
+    uid=$(engine run --rm --network none --entrypoint id "$(image)" -u)
     [[ -n ${config%%|*} && $uid != 0 ]] || { echo "runs as root (user '${config%%|*}', uid $uid)"; return 1; }
     [[ $config == *"|/opt/app|"* ]] || { echo "WORKDIR is not /opt/app: $config"; return 1; }
     [[ ${config// /} == *'["python","inference.py"]'* ]] || { echo "entry point is not python inference.py"; return 1; }
     [[ $config == *HF_HUB_OFFLINE=1* ]] || { echo "HF_HUB_OFFLINE=1 is not set"; return 1; }
-    echo "uid $uid, /opt/app, python inference.py, offline"
+    local extra=""
+    if [[ $FLAVOUR == cpu ]]; then
+        # The CPU image's promise: no torch, ONNX Runtime's CPU build, the ONNX back end.
+        [[ $config == *AMF_BACKEND=onnx* ]] || { echo "AMF_BACKEND=onnx is not set"; return 1; }
+        engine run --rm --network none --entrypoint python "$(image)" -c \
+            'import importlib.util as u, onnxruntime as o, sys; sys.exit(u.find_spec("torch") is not None or "CPUExecutionProvider" not in o.get_available_providers())' \
+            || { echo "torch is installed, or onnxruntime has no CPU provider"; return 1; }
+        extra=", no torch, ONNX Runtime $(engine run --rm --network none --entrypoint python "$(image)" \
+            -c 'import onnxruntime; print(onnxruntime.__version__)')"
+    fi
+    echo "uid $uid, /opt/app, python inference.py, offline$extra, $(engine image inspect --format '{{.Size}}' "$(image)" \
+        | awk '{ printf "%.0f MB", $1 / 1e6 }')"
 }
 
 # run_and_compare INPUT MODEL_MOUNT COMPARE_ARGS...: one run, then compare_output.py on its JSON.
@@ -96,7 +155,8 @@ run_and_compare() {
     local input output
     input=$(stage "$1")
     output=$(new_output)
-    local model=${2:+$(stage "$2")}
+    local model=""
+    [[ -z $2 ]] || model=$(stage "$2")
     predict "$input" "$output" "$model" || { echo "exit $?: $(last_line "$output.log")"; return 1; }
     shift 2
     compare "$output/$OUTPUT_NAME" "$@"
@@ -111,31 +171,32 @@ check_expected() {
 }
 
 check_baked() {
-    [[ -f $ROOT/model/manifest.json ]] || { echo "no ensemble baked into model/"; return 3; }
+    [[ -f $ROOT/model/manifest.json ]] || { echo "no ensemble baked into model/"; return $SKIP; }
     run_and_compare "$ROOT/test/input" "" \
         --input "$ROOT/test/input" --model "$ROOT/model" --expected "$EXPECTED" || return 1
     echo "no model mounted: the baked model/ gave test/expected_output.json"
 }
 
 # The fixture mounted over a baked ensemble must win: its output equals the fixture's (computed
-# here by the local code) and differs from the baked one's.
+# here by the same back end's local code) and differs from the baked one's.
 check_override() {
-    local reference=$EXPECTED extra=()
-    if [[ -f $ROOT/model/manifest.json ]]; then
+    local fixture reference=$EXPECTED extra=()
+    fixture=$(override_fixture)
+    if [[ -f $ROOT/model/manifest.json || $fixture != "$FIXTURE" ]]; then
         reference=$(new_output)
-        "$PY" "$ROOT/inference.py" --input "$ROOT/test/input" --output "$reference" --model "$FIXTURE" \
-            >"$reference.log" 2>&1 || { echo "local fixture run: $(last_line "$reference.log")"; return 1; }
+        local_predict "$ROOT/test/input" "$reference" "$fixture" \
+            || { echo "local fixture run: $(last_line "$reference.log")"; return 1; }
         reference="$reference/$OUTPUT_NAME"
-        extra=(--differs-from "$EXPECTED")
     fi
-    run_and_compare "$ROOT/test/input" "$FIXTURE" \
-        --model "$FIXTURE" --expected "$reference" "${extra[@]}" || return 1
-    echo "test/fixtures/ensemble/ mounted: the fixture's predictions"
+    [[ -f $ROOT/model/manifest.json ]] && extra=(--differs-from "$EXPECTED")
+    run_and_compare "$ROOT/test/input" "$fixture" \
+        --model "$fixture" --expected "$reference" "${extra[@]}" || return 1
+    echo "$(relative "$fixture") mounted: the fixture's predictions"
 }
 
 check_gc_sample() {
     local sample="$DATA/gc-sample/input" model
-    [[ -d $sample ]] || { echo "no real sample at ../shared/data/gc-sample"; return 3; }
+    [[ -d $sample ]] || { echo "no real sample at ../shared/data/gc-sample"; return $SKIP; }
     model=$(reference_model)
     run_and_compare "$sample" "$model" --input "$sample" --model "$model" || return 1
     echo "real sample stack, $(relative "$model") mounted: one valid prediction per page"
@@ -160,7 +221,7 @@ check_broken_input() {
 
 check_train_help() {
     [[ $ENGINE == none ]] || image_exists "$AMF_TRAIN_IMAGE" \
-        || { echo "training image not built (./build.sh train)"; return 3; }
+        || { echo "training image not built (./build.sh train)"; return $SKIP; }
     train_cli --help >"$WORK/train-help.log" 2>&1 || { echo "exit $?: $(last_line "$WORK/train-help.log")"; return 1; }
     grep -q '^usage: amf' "$WORK/train-help.log" || { echo "no usage text"; return 1; }
     echo "python -m amf --help: $(grep -o '{[^}]*}' "$WORK/train-help.log" | head -n 1)"
@@ -168,8 +229,8 @@ check_train_help() {
 
 check_train_dataset() {
     [[ $ENGINE == none ]] || image_exists "$AMF_TRAIN_IMAGE" \
-        || { echo "training image not built (./build.sh train)"; return 3; }
-    [[ -d $DATA/ami-br && -d $DATA/midog25 ]] || { echo "no real data at ../shared/data"; return 3; }
+        || { echo "training image not built (./build.sh train)"; return $SKIP; }
+    [[ -d $DATA/ami-br && -d $DATA/midog25 ]] || { echo "no real data at ../shared/data"; return $SKIP; }
     local data=/data log="$WORK/train-dataset.log"
     [[ $ENGINE == none ]] && data=$DATA
     train_cli dataset --amibr "$data/ami-br" \
@@ -181,33 +242,69 @@ check_train_dataset() {
 
 # ---------------------------------------------------------------- driver
 
+# The ERR trap of a check: the command that failed (not a check's own `return`).
+name_failed_step() {
+    local status=$?
+    [[ $BASH_COMMAND == return* || $BASH_COMMAND == check_* ]] \
+        || echo "step failed (exit $status): $BASH_COMMAND" >&2
+}
+
+# run_check NAME [LABEL]: one check, in a subshell with `set -e` in force (errexit is off in
+# any function called from a `||` list or an `if` condition, so a failing setup step could
+# otherwise let a check pass); the ERR trap names the step that failed. The check's output is its
+# reason. Sets CHECK_STATUS (0 pass, $SKIP skip, else fail) instead of returning it: never call
+# run_check itself from a `||` list or a condition, which would switch `set -e` off inside again.
 run_check() {
-    local name=$1 reason status=0 start=$EPOCHREALTIME
-    reason=$("check_${name//-/_}" 2>&1) || status=$?
-    local seconds
+    local name=$1 label=${2:-$1} status=0 start=$EPOCHREALTIME log
+    log=$(mktemp "$WORK/check.XXXXXX")
+    (
+        set -eE
+        trap name_failed_step ERR
+        "check_${name//-/_}"
+    ) >"$log" 2>&1 &
+    wait $! || status=$?
+    local reason seconds
+    reason=$(grep -v 'level=warning' "$log" | tail -n 5 | paste -sd ' ')
     seconds=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
     case $status in
-        0) echo "PASS $name ($seconds s): $reason" && PASSED=$((PASSED + 1)) ;;
-        3) echo "SKIP $name: $reason" && SKIPPED=$((SKIPPED + 1)) ;;
-        *) echo "FAIL $name: ${reason:-exit $status} ($seconds s)" && FAILED=$((FAILED + 1)) ;;
+        0) echo "PASS $label ($seconds s): $reason" && PASSED=$((PASSED + 1)) ;;
+        "$SKIP") echo "SKIP $label: $reason" && SKIPPED=$((SKIPPED + 1)) ;;
+        *) echo "FAIL $label: ${reason:-exit $status} ($seconds s)" && FAILED=$((FAILED + 1)) ;;
     esac
+    CHECK_STATUS=$status
+}
+
+# Each inference image must exist: a missing one is a failure, not a skipped round.
+check_built() {
+    [[ $ENGINE == none ]] && { echo "no container engine: through the local environment"; return 0; }
+    image_exists "$(image)" || { echo "no image $(image) ($ENGINE): run ./build.sh"; return 1; }
+    echo "$(image), base $(image_base "$(image)")"
 }
 
 main() {
     use_engine detect
     if [[ $ENGINE == none ]]; then
         say "no container engine (docker or podman): running the checks through the local Python" \
-            "environment instead; this proves the code, not an image"
-    else
-        image_exists "$AMF_IMAGE" || die "no image $AMF_IMAGE ($ENGINE): run ./build.sh first"
-        say "checking $AMF_IMAGE ($ENGINE, base $(image_base "$AMF_IMAGE"))"
+            "environments instead (cpu: .venv-serve, gpu: .venv); this proves the code, not an image"
     fi
     ensure_venv
+    ensure_serve_venv
     PY="$VENV/bin/python"
     WORK=$(mktemp -d)
     chmod 755 "$WORK"
     trap 'rm -rf "$WORK"' EXIT
-    for name in image-config expected baked override gc-sample broken-input train-help train-dataset; do
+    local name
+    for FLAVOUR in cpu gpu; do
+        run_check built "$FLAVOUR/built"
+        if ((CHECK_STATUS != 0)); then
+            echo "SKIP $FLAVOUR/*: the other $FLAVOUR checks, for want of the image"
+            continue
+        fi
+        for name in image-config expected baked override gc-sample broken-input; do
+            run_check "$name" "$FLAVOUR/$name"
+        done
+    done
+    for name in train-help train-dataset; do
         run_check "$name"
     done
     echo "container checks: $PASSED passed, $FAILED failed, $SKIPPED skipped"

@@ -3,9 +3,16 @@
 # which container engine to use, the image names, the local Python environment, and the
 # package-source mounts a podman build needs on our CI machines. See README.md, "Container".
 
+# `set -e` also inside $(...): a failing step in a command substitution fails its caller instead
+# of handing on half a result (bash clears -e there by default).
+shopt -s inherit_errexit
+
+# The GPU inference image (the one to upload), the CPU inference image, the training image.
 AMF_IMAGE="${AMF_IMAGE:-amf:latest}"
+AMF_CPU_IMAGE="${AMF_CPU_IMAGE:-amf-cpu:latest}"
 AMF_TRAIN_IMAGE="${AMF_TRAIN_IMAGE:-amf-train:latest}"
-VENV="$ROOT/.venv"
+VENV="$ROOT/.venv"             # requirements-dev.txt: training, export, tests
+SERVE_VENV="$ROOT/.venv-serve" # requirements-serve.txt: inference.py through ONNX Runtime, no torch
 
 say() { printf '[amf] %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -41,10 +48,10 @@ install_podman() {
 }
 
 # use_engine detect|install: sets ENGINE (docker, podman or none); `install` installs podman
-# where it can when no engine is found.
+# where it can when no engine is found (not when AMF_ENGINE=none asked for none).
 use_engine() {
     ENGINE=$(detect_engine)
-    if [[ $ENGINE == none && $1 == install ]] && install_podman; then
+    if [[ $ENGINE == none && $1 == install && -z ${AMF_ENGINE:-} ]] && install_podman; then
         ENGINE=podman
     fi
     if [[ $ENGINE == podman ]]; then
@@ -77,18 +84,36 @@ image_base() {
     [[ -n $base && $base != "<no value>" ]] && echo "$base" || echo unknown
 }
 
-# The local environment of requirements-dev.txt (unit tests, reference runs): created when
-# missing, brought up to date when the requirements changed since the last install.
-ensure_venv() {
-    local stamp="$VENV/.amf-requirements" wanted
-    wanted=$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" | sha256sum | cut -c1-16)
-    [[ -x $VENV/bin/python && -f $stamp && $(cat "$stamp") == "$wanted" ]] && return 0
-    [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
-    say "installing requirements-dev.txt into $VENV (minutes when torch is missing)"
-    logged "$ROOT/build/venv.log" "$VENV/bin/python" -m pip install -r "$ROOT/requirements-dev.txt" \
-        || die "pip could not install requirements-dev.txt into $VENV (is PyPI reachable?)"
+# prepare_venv DIR REQUIREMENTS NOTE: DIR holds a virtual environment installed from the file
+# REQUIREMENTS (relative to ROOT): created when missing, brought up to date when that file or one
+# it includes changed since the last install (a stamp of their contents); NOTE says how long.
+prepare_venv() {
+    local venv=$1 requirements=$2 note=$3 stamp="$1/.amf-requirements" wanted files
+    mapfile -t files < <(requirement_files "$requirements")
+    wanted=$(cat "${files[@]}" | sha256sum | cut -c1-16)
+    [[ -x $venv/bin/python && -f $stamp && $(cat "$stamp") == "$wanted" ]] && return 0
+    [[ -x $venv/bin/python ]] || python3 -m venv "$venv" || die "python3 -m venv $venv failed"
+    say "installing $requirements into ${venv#"$ROOT/"} ($note)"
+    local start=$SECONDS
+    local log
+    log="$ROOT/build/$(basename "$venv" | sed 's/^\.//').log" # build/venv.log, build/venv-serve.log
+    logged "$log" "$venv/bin/python" -m pip install -r "$ROOT/$requirements" \
+        || die "pip could not install $requirements into $venv (is PyPI reachable?)"
+    say "installed $requirements into ${venv#"$ROOT/"} in $((SECONDS - start)) s"
     echo "$wanted" >"$stamp"
 }
+
+# A requirements file and those it includes with `-r` (one level, all this project uses).
+requirement_files() {
+    echo "$ROOT/$1"
+    sed -n 's/^-r[[:space:]]*\([^[:space:]#]*\).*/\1/p' "$ROOT/$1" | sed "s|^|$ROOT/|"
+}
+
+# The full local environment (unit tests, export, training, reference runs of the fixture).
+ensure_venv() { prepare_venv "$VENV" requirements-dev.txt "minutes when torch is missing"; }
+
+# The serving environment of ./run.sh: inference.py through ONNX Runtime, no torch.
+ensure_serve_venv() { prepare_venv "$SERVE_VENV" requirements-serve.txt "seconds: no torch"; }
 
 # Fills PIP_MOUNTS with `podman build --volume` options that let pip inside a build use this
 # machine's package sources: its wheel folders and indexes (read-only, same paths), a pip.conf
