@@ -9,4 +9,4 @@ import sys
 from amf.__main__ import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(["predict", *sys.argv[1:]]))
+    raise SystemExit(main(["predict", *sys.argv[1:]], predict_prog="inference.py"))

@@ -15,24 +15,23 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=docker/lib.sh
 source "$ROOT/docker/lib.sh"
 
-# Exit status 0 when inference.py with these arguments would take the PyTorch back end: the rule
-# of amf.predict.load_predictor, read with the serving environment (amf's own manifest reader;
-# torch-free). A manifest it cannot read is left to inference.py to report.
+# Exit status 0 when inference.py with these arguments would take the PyTorch back end
+# (amf.predict.choose_backend, run in the torch-free serving environment). A manifest it cannot
+# read is left to inference.py to report.
 wants_torch() {
     PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$SERVE_VENV/bin/python" - "$@" <<'EOF'
-import argparse, os, sys
+import argparse, sys
 from amf import manifest, predict
 
 parser = argparse.ArgumentParser(add_help=False)
 parser.add_argument("--model")
 parser.add_argument("--backend")
 args, _ = parser.parse_known_args(sys.argv[1:])
-backend = args.backend or os.environ.get(predict.BACKEND_VARIABLE) or "auto"
 try:
-    graphs = manifest.load(args.model or predict.default_model_dir()).onnx
+    spec = manifest.load(args.model or predict.default_model_dir())
+    sys.exit(0 if predict.choose_backend(spec, args.backend) == "torch" else 1)
 except Exception:
-    graphs = True
-sys.exit(0 if backend == "torch" or (backend == "auto" and not graphs) else 1)
+    sys.exit(1)
 EOF
 }
 

@@ -17,8 +17,10 @@ from amf.predict import BACKENDS
 log = logging.getLogger("amf")
 
 
-def add_predict(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("predict", help="classify a grand-challenge input, stack or folder")
+def add_predict(commands: argparse._SubParsersAction, prog: str | None = None) -> None:
+    parser = commands.add_parser(
+        "predict", prog=prog, help="classify a grand-challenge input, stack or folder"
+    )
     parser.add_argument("--input", type=Path, default=Path("/input"), help="default: /input")
     parser.add_argument("--output", type=Path, default=Path("/output"), help="default: /output")
     parser.add_argument(
@@ -291,10 +293,11 @@ def _score(args: argparse.Namespace) -> None:
         writing.write_json_atomic(args.out, metrics)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(predict_prog: str | None = None) -> argparse.ArgumentParser:
+    """`predict_prog` names the predict command in its help (inference.py is that command)."""
     parser = argparse.ArgumentParser(prog="amf", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    add_predict(commands)
+    add_predict(commands, predict_prog)
     add_export(commands)
     add_dataset(commands)
     add_plan(commands)
@@ -305,14 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, predict_prog: str | None = None) -> int:
     """Run one command; an AmfError becomes one line on stderr and exit status 2."""
     quiet = os.environ.get("RANK", "0") != "0"  # torchrun: only the first process reports progress
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.captureWarnings(True)  # a library's warning is one log line, never a multi-line dump
-    args = build_parser().parse_args(argv)
+    args = build_parser(predict_prog).parse_args(argv)
     try:
         args.handler(args)
     except AmfError as error:

@@ -46,16 +46,22 @@ def default_model_dir() -> Path:
     return BAKED_MODEL_DIR
 
 
-def load_predictor(spec: manifest.Manifest, model_dir: Path, backend: str | None = None) -> Predictor:
-    """The ensemble on a back end: ONNX Runtime when the manifest names a graph, else PyTorch.
-
-    `backend` (or the AMF_BACKEND variable when it is None) forces "torch" or "onnx". Each back
-    end's module is imported only here: the ONNX path never loads torch or timm.
-    """
+def choose_backend(spec: manifest.Manifest, backend: str | None = None) -> str:
+    """ "onnx" when the manifest names a graph, else "torch"; `backend` or AMF_BACKEND forces one."""
     backend = backend or os.environ.get(BACKEND_VARIABLE) or "auto"
     if backend not in BACKENDS:
         raise AmfError(f"back end must be one of {BACKENDS}, got {backend!r} (flag or {BACKEND_VARIABLE})")
-    if backend == "onnx" or (backend == "auto" and spec.onnx):
+    if backend == "auto":
+        return "onnx" if spec.onnx else "torch"
+    return backend
+
+
+def load_predictor(spec: manifest.Manifest, model_dir: Path, backend: str | None = None) -> Predictor:
+    """The ensemble on its back end (`choose_backend`).
+
+    Each back end's module is imported only here: the ONNX path never loads torch or timm.
+    """
+    if choose_backend(spec, backend) == "onnx":
         from amf.onnx_runtime import OnnxEnsemble
 
         return OnnxEnsemble.load(spec, model_dir)
