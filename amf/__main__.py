@@ -12,7 +12,7 @@ from pathlib import Path
 from amf.dataset import DOMAIN_COLUMNS
 from amf.errors import AmfError, InputError
 from amf.manifest import ONNX_VARIANTS, TTA_VIEWS
-from amf.predict import BACKENDS
+from amf.predict import BACKENDS, BATCH_SIZE
 
 log = logging.getLogger("amf")
 
@@ -32,8 +32,8 @@ def add_predict(commands: argparse._SubParsersAction, prog: str | None = None) -
     parser.add_argument(
         "--batch-size",
         type=_bounded_int(1, 4096),
-        default=64,
-        help="crops per forward pass, 1-4096; memory grows with it (default 64)",
+        default=BATCH_SIZE,
+        help=f"crops per forward pass (times the views), 1-4096; memory grows with it (default {BATCH_SIZE})",
     )
     parser.add_argument(
         "--backend",
