@@ -179,6 +179,7 @@ def test_to_rgb_uint8_rejects_nan_and_bad_shapes() -> None:
         io.to_rgb_uint8(np.zeros((2, 2, 5), np.uint8), source="x")
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")  # Pillow on the cut TIFF
 def test_corrupt_and_truncated_images_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "junk.tif").write_bytes(b"II*\x00 this is not a tiff")
     with pytest.raises(InputError, match=r"junk\.tif: cannot read image"):
