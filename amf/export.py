@@ -12,9 +12,11 @@ size) and returns the folds' mean P(atypical). Two variants are written:
 The folds share one architecture, so the dynamo exporter traces one fold per variant and the
 ensemble graph is that trace repeated with each fold's weights: tracing all the folds at once
 took about five times as long, the exporter's cost growing with the size of the graph. The fp32
-graph is saved as ONNX Runtime's basic optimisations leave it (batch norms folded into the
-convolutions, constants folded), which is portable to any provider and CPU and leaves less for a
-session to do at start-up. The fp16 graph is saved as traced: on the CPU, ONNX Runtime would
+graph, which is served on the CPU, is saved as ONNX Runtime's basic and extended optimisations
+leave it for its CPU provider (batch norms folded, constants folded, convolutions fused with
+their activations): these hold on any CPU, and they leave less for a session to do at start-up
+(0.38 instead of 0.51 s here). Only the layout optimisations, which are tied to the instruction
+set of the CPU that makes them, are left to the session. The fp16 graph is saved as traced: on the CPU, ONNX Runtime would
 insert fp32 casts around every fp16 node.
 
 Each variant must match `amf.ensemble.Ensemble` on real crops within its tolerance, or the
@@ -239,7 +241,7 @@ def _with_weights(traced: onnx.ModelProto, fold: _Member) -> onnx.ModelProto:
 
 def _save(graph: onnx.ModelProto, path: Path, *, optimise: bool) -> None:
     """Save `graph` without the exporter's per-node notes (source paths and stack traces), through
-    ONNX Runtime's basic, provider-independent optimisations when `optimise`."""
+    ONNX Runtime's CPU-independent (basic and extended) optimisations when `optimise`."""
     for node in graph.graph.node:
         del node.metadata_props[:]
     if not optimise:
@@ -248,7 +250,7 @@ def _save(graph: onnx.ModelProto, path: Path, *, optimise: bool) -> None:
         raw = path.with_suffix(".raw.onnx")
         onnx.save(graph, str(raw))
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(path)
         options.log_severity_level = 3
         ort.InferenceSession(str(raw), options, providers=[onnx_runtime.CPU])

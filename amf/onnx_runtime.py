@@ -20,6 +20,7 @@ from amf.manifest import Manifest, check_sha256
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+RUN_INPUTS = 32  # crops per session run (see OnnxEnsemble.predict): peak RSS 205 vs 319 MiB at 128
 FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
 _CUDA_PROVIDER_LIB = "libonnxruntime_providers_cuda.so"
 
@@ -127,9 +128,17 @@ class OnnxEnsemble:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, S, S) float32 from `prepare` -> (N,) float64 mean P(atypical) over folds.
 
+        The graph runs on at most RUN_INPUTS crops at a time: without memory-reuse planning a
+        run holds all its intermediate tensors, so peak memory follows the run's size, while the
+        time per crop does not (the shipped graph on 2 CPUs: 4.1 ms a crop at 32, 64 or 128).
+
         Raises:
             ModelError: the graph's output is not N probabilities (float, finite, in [0, 1]).
         """
+        runs = [self._run(batch[start : start + RUN_INPUTS]) for start in range(0, len(batch), RUN_INPUTS)]
+        return np.concatenate(runs)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         (output,) = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})
         output = np.asarray(output)
         if not np.issubdtype(output.dtype, np.floating):
