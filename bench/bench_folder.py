@@ -64,6 +64,8 @@ def main() -> None:
             f"shipped views ({views})": args.model,
             "no views": without_views(args.model, work / "none"),
         }
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        print(f"Folder mode, {len(os.sched_getaffinity(0))} CPUs, {when}; `python bench/bench_folder.py`\n")
         print(f"| ensemble | crops/s, whole run of {args.sizes[1]} | crops/s, steady |\n|---|---|---|")
         for name, model in models.items():
             small, large = (seconds(folder, model, work / "out") for folder in inputs)
