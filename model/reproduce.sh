@@ -39,6 +39,7 @@ ensemble)
     "$PY" -m amf plan --table "$WORK/amibr-train.csv" --domain all --out "$WORK/plan-all.json"
     "$PY" -m amf train --plan "$WORK/plan-all.json" --out "$WORK/all-m0" "${RECIPE[@]}"
     "$PY" -m amf assemble --run "$WORK/all-m0" --out model/ --threshold youden --tta "$TTA"
+    "$PY" -m amf export --model model/  # the graphs the container serves by default
     "$PY" -m amf evaluate --run "$WORK/all-m0" --out "$WORK/report-all" --by scanner
 
     # The published test split, once, through the container's own entry point.
