@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_inference import GC_SAMPLE, ROOT, run_child
+from bench_inference import GC_SAMPLE, ROOT, emit, run_child
 from reference import save_random_weights
 
 
@@ -73,10 +73,7 @@ def main() -> None:
         f"| ours / reference | {ours[0] / reference[0]:.3f} (goal <= 0.15) | "
         f"{ours[1] / reference[1]:.3f} (goal <= 0.25) |",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,14 @@ open(sys.argv[1], "w").write(json.dumps([status, wall, peak]))
 """
 
 
+def emit(lines: list[str], out: Path | None) -> None:
+    """Print a markdown report, and write it to `out` when given."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        out.write_text(text)
+
+
 def run_child(command: list[str], workdir: Path) -> tuple[float, float, str]:
     """Run `command`; return its wall seconds, its own peak RSS in MiB and its stdout."""
     with tempfile.TemporaryDirectory(dir=workdir) as scratch:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_inference import ROOT, run_child
+from bench_inference import ROOT, emit, run_child
 from PIL import Image
 
 sys.path.insert(0, str(ROOT / "test"))
@@ -89,10 +89,7 @@ def main() -> None:
             f"| {name} | {stack.stat().st_size / 1e6:.1f} | {decoded:,.0f} | {seconds:.1f} | {rss} |"
         )
         print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
