@@ -158,3 +158,12 @@ def test_score_csv_matches_aggregate_and_refuses_partial_runs(tmp_path: Path) ->
     (tmp_path / "predictions.csv").write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(InputError, match=r"1 samples without a row \(e.g. \['7.png'\]\)"):
         score.score_csv(tmp_path / "predictions.csv", table)
+
+
+@pytest.mark.parametrize("command", ["score", "evaluate", "dataset"])
+def test_unknown_grouping_column_is_a_usage_error(command: str, capsys: pytest.CaptureFixture) -> None:
+    from amf.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--by", "colour"])
+    assert stop.value.code == 2 and "argument --by: invalid choice: 'colour'" in capsys.readouterr().err
