@@ -16,8 +16,8 @@ graph, which is served on the CPU, is saved as ONNX Runtime's basic and extended
 leave it for its CPU provider (batch norms folded, constants folded, convolutions fused with
 their activations): these hold on any CPU, and they leave less for a session to do at start-up
 (0.38 instead of 0.51 s here). Only the layout optimisations, which are tied to the instruction
-set of the CPU that makes them, are left to the session. The fp16 graph is saved as traced: on the CPU, ONNX Runtime would
-insert fp32 casts around every fp16 node.
+set of the CPU that makes them, are left to the session. The fp16 graph is saved as traced: on
+the CPU, ONNX Runtime would insert fp32 casts around every fp16 node.
 
 Each variant must match `amf.ensemble.Ensemble` on real crops within its tolerance, or the
 export fails with nothing written and the manifest untouched.

@@ -76,10 +76,10 @@ def _crop_files(root: Path) -> Iterator[Path]:
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         for name in names:
             if not name.startswith(".") and Path(name).suffix.lower() in CROP_SUFFIXES:
-                yield confined(Path(folder) / name, root)
+                yield _confined(Path(folder) / name, root)
 
 
-def confined(path: Path, root: Path) -> Path:
+def _confined(path: Path, root: Path) -> Path:
     """`path` as a regular file whose real location is inside `root`, else InputError."""
     real = path.resolve()
     if not real.is_relative_to(root):
@@ -94,7 +94,7 @@ def _grand_challenge_stack(root: Path) -> Path:
     inputs_file = root / "inputs.json"
     folder = _confined_folder(root / _interface_folder(inputs_file, root), root, inputs_file)
     candidates = [p for p in folder.iterdir() if p.suffix.lower() in STACK_SUFFIXES]
-    stacks = sorted(confined(p, root) for p in candidates)
+    stacks = sorted(_confined(p, root) for p in candidates)
     if not stacks:
         raise InputError(f"{folder}: no stack file ({', '.join(STACK_SUFFIXES)}, any case)")
     if len(stacks) > 1:
@@ -106,7 +106,7 @@ def _interface_folder(inputs_file: Path, root: Path) -> str:
     """The socket's `relative_path` from `inputs.json`, checked to be a plain relative path."""
     if not inputs_file.exists():
         raise InputError(f"{inputs_file}: missing; the grand-challenge layout needs it")
-    if confined(inputs_file, root).stat().st_size > MAX_INPUTS_JSON_BYTES:
+    if _confined(inputs_file, root).stat().st_size > MAX_INPUTS_JSON_BYTES:
         raise InputError(f"{inputs_file}: larger than {MAX_INPUTS_JSON_BYTES} bytes; not a socket list")
     try:
         entries = json.loads(inputs_file.read_bytes())
