@@ -145,7 +145,7 @@ def iter_pages(path: Path) -> Iterator[np.ndarray]:
         reader = _mha_pages if Path(path).suffix.lower() == ".mha" else _pillow_pages
         for count, page in enumerate(reader(path), start=1):
             yield to_rgb_uint8(page, source=f"{path} page {count - 1}")
-    except (InputError, GeneratorExit):
+    except InputError:
         raise
     except Exception as error:  # Pillow and numpy raise many types for corrupt files
         raise InputError(f"{path}: cannot read image ({type(error).__name__}: {error})") from None

@@ -119,7 +119,9 @@ def iter_pages(path: Path, header: Header) -> Iterator[np.ndarray]:
                 if not chunk:
                     raise InputError(f"{path}: pixel data ends in page {index} of {header.pages}")
                 buffer += chunk
-            page = np.frombuffer(bytes(buffer[: header.page_bytes]), dtype=header.dtype)
+            page = np.frombuffer(
+                buffer, dtype=header.dtype, count=header.page_bytes // header.dtype.itemsize
+            ).copy()
             del buffer[: header.page_bytes]
             yield page.reshape(header.height, header.width, header.channels)
 

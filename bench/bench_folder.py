@@ -5,7 +5,7 @@ shipped ensemble's own test-time views and for the same ensemble with `"tta": "n
 its folder with that one manifest field changed; the graphs are the same files). Reports the
 whole-run rate at N2 and the steady rate (N2 - N1) / (t2 - t1), which leaves out start-up.
 
-Usage: python bench/bench_folder.py [--crops DIR] [--sizes 200 1000] [--model model/]
+Usage: python bench/bench_folder.py [--crops DIR] [--sizes 200 1000] [--model model/] [--out FILE]
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-AMIBR = ROOT.parent / "shared" / "data" / "ami-br" / "patches"
+from bench_inference import AMIBR_PATCHES, ROOT, emit, run_child
 
 
 def folder_of(crops: list[Path], folder: Path) -> Path:
@@ -42,18 +40,18 @@ def without_views(model: Path, folder: Path) -> Path:
     return folder
 
 
-def seconds(input_dir: Path, model: Path, output: Path) -> float:
-    command = [sys.executable, "inference.py", "--input", str(input_dir), "--output", str(output)]
-    start = time.perf_counter()
-    subprocess.run([*command, "--model", str(model)], cwd=ROOT, check=True, capture_output=True)
-    return time.perf_counter() - start
+def seconds(input_dir: Path, model: Path, work: Path) -> float:
+    """Wall time of one `python inference.py` process on `input_dir` with `model`."""
+    io_args = ["--input", str(input_dir), "--output", str(work / "out"), "--model", str(model)]
+    return run_child([sys.executable, "inference.py", *io_args], work)[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--crops", type=Path, default=AMIBR, help="folder searched for *.png crops")
+    parser.add_argument("--crops", type=Path, default=AMIBR_PATCHES, help="folder searched for *.png crops")
     parser.add_argument("--sizes", type=int, nargs=2, default=(200, 1000))
     parser.add_argument("--model", type=Path, default=ROOT / "model")
+    parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args()
     crops = sorted(args.crops.rglob("*.png"))[: max(args.sizes)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,12 +63,17 @@ def main() -> None:
             "no views": without_views(args.model, work / "none"),
         }
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        print(f"Folder mode, {len(os.sched_getaffinity(0))} CPUs, {when}; `python bench/bench_folder.py`\n")
-        print(f"| ensemble | crops/s, whole run of {args.sizes[1]} | crops/s, steady |\n|---|---|---|")
+        lines = [
+            f"Folder mode, {len(os.sched_getaffinity(0))} CPUs, {when}; `python bench/bench_folder.py`",
+            "",
+            f"| ensemble | crops/s, whole run of {args.sizes[1]} | crops/s, steady |",
+            "|---|---|---|",
+        ]
         for name, model in models.items():
-            small, large = (seconds(folder, model, work / "out") for folder in inputs)
+            small, large = (seconds(folder, model, work) for folder in inputs)
             steady = (args.sizes[1] - args.sizes[0]) / (large - small)
-            print(f"| {name} | {args.sizes[1] / large:.1f} | {steady:.1f} |", flush=True)
+            lines.append(f"| {name} | {args.sizes[1] / large:.1f} | {steady:.1f} |")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
