@@ -55,7 +55,7 @@ def safe_cell(name: str) -> str:
 
 def write_predictions(output_dir: Path, records: list[dict[str, Any]], names: list[str] | None) -> None:
     """The MIDOG JSON, plus predictions.csv when `names` is given, all or nothing."""
-    files = {OUTPUT_NAME: json.dumps(records, indent=2) + "\n"}
+    files = {OUTPUT_NAME: json_text(records)}
     if names is not None:
         files[CSV_NAME] = predictions_csv(names, records)
     write_outputs(output_dir, files)
@@ -147,7 +147,12 @@ def write_text_atomic(path: Path, text: str) -> Path:
 
 def write_json_atomic(path: Path, data: Any) -> Path:
     """Write JSON beside `path` under a temporary name, then rename it into place."""
-    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    return write_text_atomic(path, json_text(data))
+
+
+def json_text(data: Any) -> str:
+    """The one JSON layout of every file we write: indented, newline-terminated."""
+    return json.dumps(data, indent=2) + "\n"
 
 
 def exit_on_terminate() -> None:
