@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_inference import GC_SAMPLE, ROOT, emit, run_child
+from bench_inference import STACK, emit, run_child
 from reference import save_random_weights
 
 
@@ -41,9 +41,7 @@ def commands(stack: Path, workdir: Path) -> dict[str, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--stack", type=Path, default=GC_SAMPLE if GC_SAMPLE.is_dir() else ROOT / "test" / "input"
-    )
+    parser.add_argument("--stack", type=Path, default=STACK)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/amf-bench-cold"))
     parser.add_argument("--out", type=Path)

@@ -52,6 +52,7 @@ from amf.preprocess import prepare  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 GC_SAMPLE = SHARED / "gc-sample" / "input"
+STACK = GC_SAMPLE if GC_SAMPLE.is_dir() else ROOT / "test" / "input"  # the real sample, else ours
 AMIBR_PATCHES = SHARED / "ami-br" / "patches"
 RESULTS = ROOT / "bench" / "results"
 FOLDS = 5
@@ -445,8 +446,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    default_stack = GC_SAMPLE if GC_SAMPLE.is_dir() else ROOT / "test" / "input"
-    parser.add_argument("--stack", type=Path, default=default_stack, help=f"default: {default_stack}")
+    parser.add_argument("--stack", type=Path, default=STACK, help=f"default: {STACK}")
     parser.add_argument("--folder", type=Path, help="crops for throughput (default: AMi-Br, else synthetic)")
     parser.add_argument("--repeats", type=int, default=5, help="warm repeats (default 5)")
     parser.add_argument(

@@ -44,7 +44,7 @@ from amf.manifest import ONNX_VARIANTS, TTA_VIEWS  # noqa: E402
 from amf.predict import BAKED_MODEL_DIR, predict_views  # noqa: E402
 from amf.writing import exit_on_terminate  # noqa: E402
 
-STACK = bench.GC_SAMPLE if bench.GC_SAMPLE.is_dir() else ROOT / "test" / "input"
+STACK = bench.STACK
 # Training steps with the shipped model's recipe: from scratch, efficientvit_l2's loss does not fall
 # reliably in 24 steps (measured on the CPU); its training speed is bench_train.py's job.
 TRAIN_ARCH, TRAIN_SIZE, TRAIN_LR = "efficientvit_m0", 128, "1e-3"
