@@ -14,9 +14,9 @@ ensemble graph is that trace repeated with each fold's weights: tracing all the 
 took about five times as long, the exporter's cost growing with the size of the graph. The fp32
 graph, which is served on the CPU, is saved as ONNX Runtime's basic and extended optimisations
 leave it for its CPU provider (batch norms folded, constants folded, convolutions fused with
-their activations): these hold on any CPU, and they leave less for a session to do at start-up
-(0.38 instead of 0.51 s here). Only the layout optimisations, which are tied to the instruction
-set of the CPU that makes them, are left to the session. The fp16 graph is saved as traced: on
+their activations): these hold on any CPU, and they leave less for a session to do at start-up.
+Only the layout optimisations, which are tied to the instruction set of the CPU that makes them,
+are left to the session. The fp16 graph is saved as traced: on
 the CPU, ONNX Runtime would insert fp32 casts around every fp16 node.
 
 Each variant must match `amf.ensemble.Ensemble` on real crops within its tolerance, or the

@@ -20,7 +20,7 @@ from amf.manifest import Manifest, check_sha256
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-RUN_INPUTS = 32  # crops per session run (see OnnxEnsemble.predict): peak RSS 205 vs 319 MiB at 128
+RUN_INPUTS = 32  # crops per session run (OnnxEnsemble.predict; measured by bench/bench_session.py)
 FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
 _CUDA_PROVIDER_LIB = "libonnxruntime_providers_cuda.so"
 
@@ -78,7 +78,7 @@ def open_session(path: Path, providers: list[str]) -> ort.InferenceSession:
 
     Nodes run one at a time (ONNX Runtime's sequential mode, so no inter-op pool), each on all
     CPUs. Memory reuse planning is off: for the ensemble graph, one copy of the fold per fold,
-    it took 3 of 3.2 s of session start-up (fp16 on the CPU: 60 of 64 s), while the arena still
+    it took 3 of 3.2 s of session start-up in development runs (fp16 on the CPU: 60 of 64 s); the arena still
     reuses freed blocks as the graph runs (peak memory measured lower, warm time unchanged).
     """
     options = ort.SessionOptions()
@@ -130,7 +130,8 @@ class OnnxEnsemble:
 
         The graph runs on at most RUN_INPUTS crops at a time: without memory-reuse planning a
         run holds all its intermediate tensors, so peak memory follows the run's size, while the
-        time per crop does not (the shipped graph on 2 CPUs: 4.1 ms a crop at 32, 64 or 128).
+        time per crop does not (bench/bench_session.py: 251 MiB and 4.3 ms a crop in runs of 32,
+        342 MiB and 5.6 ms in one run of 128, for the shipped graph on 2 CPUs).
 
         Raises:
             ModelError: the graph's output is not N probabilities (float, finite, in [0, 1]).
