@@ -130,8 +130,8 @@ class OnnxEnsemble:
 
         The graph runs on at most RUN_INPUTS crops at a time: without memory-reuse planning a
         run holds all its intermediate tensors, so peak memory follows the run's size, while the
-        time per crop does not (bench/bench_session.py: 251 MiB and 4.3 ms a crop in runs of 32,
-        342 MiB and 5.6 ms in one run of 128, for the shipped graph on 2 CPUs).
+        time per crop does not (bench/bench_session.py: 262 MiB and 4.8 ms a crop in runs of 32,
+        352 MiB and 5.1 ms in one run of 128, for the shipped graph on 2 CPUs).
 
         Raises:
             ModelError: the graph's output is not N probabilities (float, finite, in [0, 1]).

@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
-from bench_inference import STACK, emit, run_child
+from bench_inference import STACK, emit, heading, run_child
 from reference import save_random_weights
 
 
@@ -57,11 +56,8 @@ def main() -> None:
     (reference, ours) = (
         (statistics.median(w for w, _ in m), max(p for _, p in m)) for m in measured.values()
     )
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
-        f"Cold start, one stack ({args.stack}), {args.rounds} alternated rounds, {when}.",
-        f"Command: `python bench/bench_cold.py {' '.join(sys.argv[1:])}`",
-        "",
+        *heading(f"Cold start, one stack ({args.stack}), {args.rounds} alternated rounds"),
         "| approach | cold s (median) | peak RSS MiB (max) |",
         "|---|---|---|",
         *(

@@ -16,10 +16,9 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench_inference import AMIBR_PATCHES, ROOT, emit, run_child
+from bench_inference import AMIBR_PATCHES, ROOT, emit, heading, run_child
 
 
 def folder_of(crops: list[Path], folder: Path) -> Path:
@@ -62,10 +61,8 @@ def main() -> None:
             f"shipped views ({views})": args.model,
             "no views": without_views(args.model, work / "none"),
         }
-        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         lines = [
-            f"Folder mode, {len(os.sched_getaffinity(0))} CPUs, {when}; `python bench/bench_folder.py`",
-            "",
+            *heading("Folder mode of `python inference.py`"),
             f"| ensemble | crops/s, whole run of {args.sizes[1]} | crops/s, steady |",
             "|---|---|---|",
         ]

@@ -90,6 +90,16 @@ open(sys.argv[1], "w").write(json.dumps([status, wall, peak]))
 """
 
 
+def heading(title: str) -> list[str]:
+    """A report's first lines: what was measured, on how many CPUs and when, and the command."""
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return [
+        f"{title}; {platform.machine()}, {usable_cpus()} CPUs, {when}.",
+        f"Command: `python {' '.join(sys.argv)}`",
+        "",
+    ]
+
+
 def emit(lines: list[str], out: Path | None) -> None:
     """Print a markdown report, and write it to `out` when given."""
     text = "\n".join(lines) + "\n"

@@ -11,14 +11,11 @@ Usage: python bench/bench_memory.py [--workdir DIR] [--model DIR] [--backend aut
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from bench_inference import ROOT, emit, run_child
+from bench_inference import ROOT, emit, heading, run_child
 from PIL import Image
 
 sys.path.insert(0, str(ROOT / "test"))
@@ -71,12 +68,8 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     extra = ["--backend", args.backend] + (["--model", str(args.model)] if args.model else [])
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
-        f"Peak RSS of `python inference.py` ({args.backend} back end), {platform.machine()}, "
-        f"{len(os.sched_getaffinity(0))} CPUs, {when}.",
-        "Command: `python bench/bench_memory.py " + " ".join(sys.argv[1:]) + "`",
-        "",
+        *heading(f"Peak RSS of `python inference.py` ({args.backend} back end)"),
         "| pages | file MB | decoded MB | seconds | peak RSS MiB |",
         "|---|---|---|---|---|",
     ]

@@ -3,9 +3,10 @@
 Each run size is measured in a fresh process (`--child`): it opens the session exactly as the
 container does (`amf.onnx_runtime.open_session`), then scores one stack's test-time views
 (16 crops x 8 views = 128 inputs) in runs of that many inputs, three times. Peak RSS is the
-child's. This is what chose `amf.onnx_runtime.RUN_INPUTS`.
+child's; each figure is the median over --rounds processes, the sizes alternating. This is what
+chose `amf.onnx_runtime.RUN_INPUTS`.
 
-Usage: python bench/bench_session.py [--model model/] [--sizes 32 64 128] [--out FILE]
+Usage: python bench/bench_session.py [--model model/] [--sizes 32 64 128] [--rounds 3] [--out FILE]
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench_inference import ROOT, STACK, emit
+from bench_inference import ROOT, STACK, emit, heading
 
 sys.path.insert(0, str(ROOT))
 
 from amf import io, manifest, onnx_runtime, predict  # noqa: E402
 from amf.preprocess import prepare  # noqa: E402
+
+KEYS = ("created", "per_input_ms", "peak")
 
 
 def child(model: Path, run_inputs: int) -> dict:
@@ -52,26 +55,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "model")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--rounds", type=int, default=3, help="fresh processes per run size (medians)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.model, args.child)))
         return
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
-        f"ONNX Runtime session of {args.model.name}/ (CPU), one stack's views, {when}.",
-        f"Command: `python bench/bench_session.py {' '.join(sys.argv[1:])}`",
-        "",
+        *heading(f"ONNX Runtime session of {args.model.name}/ (CPU), one stack's views"),
         "| inputs per run | session creation s | ms per input (crop x view) | peak RSS MiB |",
         "|---|---|---|---|",
     ]
-    for size in args.sizes:
-        command = [sys.executable, __file__, "--model", str(args.model), "--child", str(size)]
-        result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
-        lines.append(
-            f"| {size} | {result['created']:.2f} | {result['per_input_ms']:.1f} | {result['peak']:.0f} |"
-        )
+    results: dict[int, list[dict]] = {size: [] for size in args.sizes}
+    for _ in range(args.rounds):  # sizes alternate, so a busy spell of the machine hits them all
+        for size in args.sizes:
+            command = [sys.executable, __file__, "--model", str(args.model), "--child", str(size)]
+            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            results[size].append(json.loads(output))
+    for size, runs in results.items():
+        created, per_input, peak = (statistics.median(run[key] for run in runs) for key in KEYS)
+        lines.append(f"| {size} | {created:.2f} | {per_input:.1f} | {peak:.0f} |")
     emit(lines, args.out)
 
 
