@@ -158,6 +158,47 @@ def _plan(args: argparse.Namespace) -> None:
     log.info("%d models -> %s", len(plan.tasks()), args.out)
 
 
+def add_import_tflite(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "import-tflite",
+        help="turn a TFLite MobileNet (resources/pretrained/) into weights for `train --pretrained`",
+        description="Dequantise a TF-slim MobileNet into a timm state dict (safetensors with its "
+        "source sha256 and licence); with --table, re-estimate batch norm on training crops so that "
+        "it fine-tunes. Example: amf import-tflite --source "
+        "resources/pretrained/mobilenet_v2_1.0_224_quant.tflite --arch tf_mobilenetv2_100 "
+        "--table runs/amibr-train.csv --size 128 --out runs/mobilenetv2.safetensors",
+    )
+    parser.add_argument("--source", type=Path, required=True, help=".tflite file")
+    parser.add_argument(
+        "--arch", required=True, help="the network it holds: tf_mobilenetv2_100 or tf_mobilenetv1_100"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="weights to write (.safetensors)")
+    parser.add_argument("--table", type=Path, help="dataset table whose crops calibrate batch norm")
+    parser.add_argument(
+        "--crops", type=_bounded_int(16, 100_000), default=512, help="crops used (default 512)"
+    )
+    parser.add_argument(
+        "--size", type=_bounded_int(16, 1024), default=224, help="input size in px (default 224)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="which crops are drawn (default 0)")
+    parser.set_defaults(handler=_import_tflite)
+
+
+def _import_tflite(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from amf import dataset, tflite_import
+    from amf.data import load_crops
+
+    crops = None
+    if args.table:
+        samples = dataset.check_images(dataset.load_table(args.table), strict=True)
+        chosen = np.random.default_rng(args.seed).permutation(len(samples))[: args.crops]
+        crops = list(load_crops([samples[i] for i in sorted(chosen)]).values())
+    metadata = tflite_import.import_tflite(args.source, args.arch, args.out, crops=crops, size=args.size)
+    print(f"{args.out}: {metadata['architecture']} from {metadata['source']}; {metadata['calibration']}")
+
+
 def add_train(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "train", help="train a plan's models (skips finished ones, resumes killed ones)"
@@ -210,7 +251,13 @@ def _train(args: argparse.Namespace) -> None:
 
 def add_assemble(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("assemble", help="combine a domain's fold models into an ensemble folder")
-    parser.add_argument("--run", type=Path, required=True, help="run folder from `amf train`")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        required=True,
+        action="append",
+        help="run folder from `amf train`; repeat it to mix runs of the same plan (say, two architectures)",
+    )
     parser.add_argument("--domain", default="all", help="default: all (the all-domains plan)")
     parser.add_argument("--out", type=Path, help="copy weights + manifest here (e.g. model/)")
     parser.add_argument("--threshold", default="youden", help="youden, otsu or a number (default youden)")
@@ -301,6 +348,7 @@ def build_parser(predict_prog: str | None = None) -> argparse.ArgumentParser:
     add_export(commands)
     add_dataset(commands)
     add_plan(commands)
+    add_import_tflite(commands)
     add_train(commands)
     add_assemble(commands)
     add_evaluate(commands)

@@ -42,10 +42,10 @@ class Ensemble:
         for fold in manifest.folds:
             path = Path(model_dir) / fold.file
             check_sha256(path, fold.sha256)
-            model = models.load_weights(models.create(manifest.architecture), path)
+            model = models.load_weights(models.create(manifest.architecture_of(fold)), path)
             model = model.to(device=device, dtype=serving_dtype(device), memory_format=torch.channels_last)
             members.append(model.eval())
-        log.info("loaded %d x %s on %s", len(members), manifest.architecture, device)
+        log.info("loaded %d folds of %s on %s", len(members), " + ".join(manifest.architectures), device)
         return cls(members, device)
 
     @torch.inference_mode()

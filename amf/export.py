@@ -9,9 +9,9 @@ size) and returns the folds' mean P(atypical). Two variants are written:
   fp32 islands that timm keeps on purpose (EfficientViT's linear attention) stay fp32. Half the
   size; input and output stay fp32.
 
-The folds share one architecture, so the dynamo exporter traces one fold per variant and the
-ensemble graph is that trace repeated with each fold's weights: tracing all the folds at once
-took about five times as long, the exporter's cost growing with the size of the graph. The fp32
+The dynamo exporter traces one fold of each architecture per variant, and the ensemble graph is
+that trace repeated with each fold's weights: tracing all the folds at once took about five
+times as long, the exporter's cost growing with the size of the graph. The fp32
 graph, which is served on the CPU, is saved as ONNX Runtime's basic and extended optimisations
 leave it for its CPU provider (batch norms folded, constants folded, convolutions fused with
 their activations): these hold on any CPU, and they leave less for a session to do at start-up.
@@ -120,7 +120,8 @@ def export(
     with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=model_dir) as tmp:
         for variant, dtype in DTYPES.items():
             path = Path(tmp) / FILES[variant]
-            graph, used = _export_graph(ensemble.members, spec.architecture, dtype, batch, exporter, opset)
+            networks = [spec.architecture_of(fold) for fold in spec.folds]
+            graph, used = _export_graph(ensemble.members, networks, dtype, batch, exporter, opset)
             _save(graph, path, optimise=variant == "fp32")
             entries[variant] = {**_check_parity(path, variant, batch, reference), "exporter": used}
         for variant in entries:
@@ -144,7 +145,7 @@ def parity_batch(crops: Path, spec: manifest.Manifest, max_crops: int) -> np.nda
 
 def _export_graph(
     members: list[torch.nn.Module],
-    architecture: str,
+    architectures: list[str],
     dtype: torch.dtype,
     batch: np.ndarray,
     exporter: str,
@@ -154,7 +155,7 @@ def _export_graph(
     example = torch.from_numpy(np.concatenate([batch, batch])[:2])  # batch 2: keeps the axis dynamic
     if exporter != "torchscript":
         try:
-            return _export_dynamo(members, architecture, dtype, example, opset), "dynamo"
+            return _export_dynamo(members, architectures, dtype, example, opset), "dynamo"
         except Exception as error:  # the exporter raises many types; any of them means "try the other"
             message = f"dynamo ONNX export failed ({type(error).__name__}: {error})"
             if exporter == "dynamo":
@@ -178,9 +179,14 @@ def _export_graph(
 
 
 def _export_dynamo(
-    members: list[torch.nn.Module], architecture: str, dtype: torch.dtype, example: torch.Tensor, opset: int
+    members: list[torch.nn.Module],
+    architectures: list[str],
+    dtype: torch.dtype,
+    example: torch.Tensor,
+    opset: int,
 ) -> onnx.ModelProto:
-    """Trace one fold with torch.export, then repeat the trace once per fold with that fold's weights.
+    """Trace one fold of each architecture with torch.export, then repeat that trace once per fold
+    of the architecture with the fold's weights.
 
     The traced fold is built afresh: a served model may hold inference caches (EfficientViT's
     attention biases) that the trace would bake in as constants of one fold.
@@ -188,33 +194,37 @@ def _export_dynamo(
     for name in ("onnxscript", "onnx_ir"):  # their INFO lines list every folded constant
         logging.getLogger(name).setLevel(logging.WARNING)
     folds = [_Member(member, dtype) for member in members]
-    template = _Member(models.create(architecture), dtype)
-    template.load_state_dict(folds[0].state_dict())
-    program = torch.onnx.export(
-        template.eval(),
-        (example,),
-        dynamo=True,
-        opset_version=opset,
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
-        optimize=False,  # initializers keep the parameters' names; ONNX Runtime optimises the result
-        verbose=False,
-    )
-    return _repeat_per_fold(program.model_proto, folds)
+    traces = {}
+    for architecture, fold in zip(architectures, folds, strict=True):
+        if architecture not in traces:
+            template = _Member(models.create(architecture), dtype)
+            template.load_state_dict(fold.state_dict())
+            traces[architecture] = torch.onnx.export(
+                template.eval(),
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
+                optimize=False,  # initializers keep the parameters' names; ONNX Runtime optimises the result
+                verbose=False,
+            ).model_proto
+    return _repeat_per_fold([(traces[a], fold) for a, fold in zip(architectures, folds, strict=True)])
 
 
-def _repeat_per_fold(traced: onnx.ModelProto, folds: list[_Member]) -> onnx.ModelProto:
-    """One graph running `traced` once per fold, each copy with its fold's weights, outputs averaged."""
-    graph = onnx.GraphProto(name="ensemble", input=traced.graph.input)
+def _repeat_per_fold(folds: list[tuple[onnx.ModelProto, _Member]]) -> onnx.ModelProto:
+    """One graph running each fold's trace with that fold's weights, outputs averaged."""
+    first = folds[0][0]
+    graph = onnx.GraphProto(name="ensemble", input=first.graph.input)
     outputs = []
-    for index, fold in enumerate(folds):
+    for index, (traced, fold) in enumerate(folds):
         copy = onnx.compose.add_prefix(_with_weights(traced, fold), f"fold{index}/", rename_inputs=False)
         graph.node.extend(copy.graph.node)
         graph.initializer.extend(copy.graph.initializer)
         outputs.append(copy.graph.output[0].name)
     graph.node.append(onnx.helper.make_node("Mean", outputs, [OUTPUT_NAME], name="mean_over_folds"))
-    graph.output.append(traced.graph.output[0])
-    return onnx.helper.make_model(graph, opset_imports=traced.opset_import, ir_version=traced.ir_version)
+    graph.output.append(first.graph.output[0])
+    return onnx.helper.make_model(graph, opset_imports=first.opset_import, ir_version=first.ir_version)
 
 
 def _with_weights(traced: onnx.ModelProto, fold: _Member) -> onnx.ModelProto:

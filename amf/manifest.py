@@ -43,10 +43,12 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class Fold:
-    """One member of the ensemble: a safetensors file relative to the manifest's folder."""
+    """One member of the ensemble: a safetensors file relative to the manifest's folder, and its
+    timm architecture when it is not the manifest's (an ensemble that mixes networks)."""
 
     file: str
     sha256: str | None = None
+    architecture: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,19 @@ class Manifest:
     format: str = FORMAT
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for fold in data["folds"]:
+            if fold["architecture"] is None:
+                del fold["architecture"]
+        return data
+
+    def architecture_of(self, fold: Fold) -> str:
+        return fold.architecture or self.architecture
+
+    @property
+    def architectures(self) -> tuple[str, ...]:
+        """The distinct networks of the ensemble, in fold order."""
+        return tuple(dict.fromkeys(self.architecture_of(fold) for fold in self.folds))
 
 
 def sha256_of(path: Path) -> str:
@@ -149,6 +163,12 @@ def _type_problems(data: dict[str, Any]) -> list[str]:
     if isinstance(folds, list):
         checks += [(all(_is_relative_file(f.get("file")) for f in folds if isinstance(f, dict)), _FOLD_FILE)]
         checks += [(all(_is_sha256(f.get("sha256")) for f in folds if isinstance(f, dict)), _SHA256)]
+        checks += [
+            (
+                all(isinstance(f.get("architecture", ""), str) for f in folds if isinstance(f, dict)),
+                "folds[].architecture must be a string",
+            )
+        ]
     return [message for ok, message in checks if not ok]
 
 

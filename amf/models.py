@@ -11,6 +11,7 @@ from pathlib import Path
 
 import timm
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from amf.errors import ModelError
@@ -19,31 +20,61 @@ from amf.manifest import INTERPOLATIONS, InputSpec
 log = logging.getLogger(__name__)
 
 
-def create(architecture: str, *, pretrained: str | Path | None = None) -> torch.nn.Module:
-    """Build `architecture` with a one-logit head.
+# TensorFlow-trained networks (the vendored TF-slim MobileNets, amf.tflite_import) need TF's
+# "SAME" padding, which timm builds with pad_type="same"; TF-slim scales inputs to [-1, 1].
+TF_NETWORKS = {"tf_mobilenetv2_100": "mobilenetv2_100", "tf_mobilenetv1_100": "mobilenetv1_100"}
+_TF_INPUT = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear"}
+
+
+def create(
+    architecture: str, *, pretrained: str | Path | None = None, num_classes: int = 1
+) -> torch.nn.Module:
+    """Build `architecture` with a one-logit head (`num_classes` only for checking imports).
 
     Args:
         architecture: a timm model name, optionally with a pretrained tag
-            (`efficientvit_l2.r256_in1k`).
+            (`efficientvit_l2.r256_in1k`), or one of TF_NETWORKS.
         pretrained: None for random initialisation, "hub" for timm's pretrained weights
-            (needs the network once), or a path to a local .safetensors/.pth/.bin file of
-            ImageNet weights for the same architecture; its classifier is replaced.
+            (needs the network once), or a local .safetensors/.pth/.bin state dict of the same
+            architecture, e.g. from `amf import-tflite`. The new head starts at zero, so the
+            first steps do not push large random logits through the pretrained features.
     """
-    if not timm.is_model(architecture.split(".")[0]):
+    name = TF_NETWORKS.get(architecture, architecture)
+    if not timm.is_model(name.split(".")[0]):
         raise ModelError(f"unknown timm architecture {architecture!r}")
-    kwargs: dict = {"num_classes": 1}
-    if pretrained == "hub":
-        kwargs["pretrained"] = True
-    elif pretrained is not None:
-        path = Path(pretrained)
-        if not path.is_file():
-            raise ModelError(f"{path}: pretrained weight file not found")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    return timm.create_model(architecture, **kwargs)
+    kwargs: dict = {"num_classes": num_classes, "pretrained": pretrained == "hub"}
+    if architecture in TF_NETWORKS:
+        kwargs["pad_type"] = "same"
+    model = timm.create_model(name, **kwargs)
+    if pretrained not in (None, "hub"):
+        _load_backbone(model, Path(pretrained))
+    if pretrained is not None:
+        head = model.get_classifier()
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+    return model
+
+
+def _load_backbone(model: torch.nn.Module, path: Path) -> None:
+    """Every weight but the classifier from a local state dict; any other mismatch is an error."""
+    if not path.is_file():
+        raise ModelError(f"{path}: pretrained weight file not found")
+    try:
+        state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+    except Exception as error:  # safetensors and torch raise their own types for bad files
+        raise ModelError(f"{path}: not a readable state dict ({error})") from None
+    head = model.pretrained_cfg["classifier"] + "."
+    state = {k: v for k, v in state.items() if not k.startswith(head)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    wrong = [k for k in missing if not k.startswith(head)] + list(unexpected)
+    if wrong:
+        raise ModelError(f"{path}: weights do not fit {type(model).__name__}: {', '.join(wrong[:5])}")
 
 
 def default_input_spec(architecture: str, size: int) -> InputSpec:
-    """The architecture's own normalisation and interpolation from timm, at `size` px."""
+    """The architecture's own normalisation and interpolation (timm's, or TF-slim's), at `size` px."""
+    if architecture in TF_NETWORKS:
+        return InputSpec(size=size, **_TF_INPUT)
     config = timm.get_pretrained_cfg(architecture)
     cfg = config.to_dict() if config is not None else {}
     interpolation = cfg.get("interpolation", "bicubic")
@@ -84,3 +115,11 @@ def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
             f"{path}: weights do not fit the manifest's architecture ({' '.join(first[:2])[:300]})"
         ) from None
     return model
+
+
+def file_metadata(path: Path) -> dict[str, str]:
+    """The metadata a safetensors file carries (source and licence of imported weights); {} if none."""
+    if Path(path).suffix != ".safetensors":
+        return {}
+    with safe_open(str(path), "pt") as handle:
+        return dict(handle.metadata() or {})

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +33,7 @@ from amf.errors import InputError, ModelError
 from amf.manifest import Fold, Manifest, Threshold
 from amf.metrics import binary_metrics, choose_threshold
 from amf.splits import Plan, load_plan, slug
-from amf.train import RESULT, VAL_PREDICTIONS, TrainConfig, config_differences, train
+from amf.train import RESULT, VAL_PREDICTIONS, TrainConfig, config_differences, file_record, recipe, train
 
 log = logging.getLogger(__name__)
 
@@ -141,64 +142,112 @@ def load_run(run_dir: Path) -> tuple[Plan, TrainConfig]:
 
 
 def assemble(
-    run_dir: Path, domain: str, target: Path | None = None, *, method: str = "youden", tta: str = "none"
+    runs: Path | Sequence[Path],
+    domain: str,
+    target: Path | None = None,
+    *,
+    method: str = "youden",
+    tta: str = "none",
 ) -> Manifest:
     """Make one domain's fold models an ensemble, its threshold chosen on out-of-fold predictions.
 
     Args:
+        runs: a run folder, or several trained on the same plan (say, two architectures): the
+            ensemble then holds every run's folds, and each crop's out-of-fold score is the mean
+            of the runs' models that did not train on it, as the ensemble will average them.
         domain: the domain whose folds to combine ('all' for an all-domains plan).
-        target: a folder to copy the weights and manifest into as well (e.g. model/). The run
-            folder's own manifest, referring to the fold folders, is written either way, beside
-            the out-of-fold predictions behind its threshold.
+        target: a folder to copy the weights and manifest into as well (e.g. model/); needed for
+            several runs. One run's own folder always gets a manifest referring to its fold
+            folders, beside the out-of-fold predictions behind its threshold.
         method: 'youden' (max balanced accuracy on the OOF labels), 'otsu' (label-free) or a number.
         tta: the test-time views the ensemble is served with; each fold's validation crops are
             scored again through them, so the threshold fits the scores the container makes.
+
+    Raises:
+        ModelError: unfinished folds, or folds that disagree on the input they expect.
+        InputError: runs of different plans, or several runs without a target.
     """
-    run_dir = Path(run_dir)
-    plan, config = load_run(run_dir)
+    runs = [Path(runs)] if isinstance(runs, str | Path) else [Path(run) for run in runs]
+    records = [read_run(run) for run in runs]
+    if len({record["plan"] for record in records}) > 1:
+        raise InputError(
+            f"runs {[str(r) for r in runs]} were trained on different plans; they cannot be mixed"
+        )
+    if len(runs) > 1 and target is None:
+        raise InputError("an ensemble of several runs needs a target folder (--out)")
+    plan = load_plan(Path(records[0]["plan"]))
     domain = select_tasks(plan, domain=domain)[0][0]
-    dirs = [model_dir(run_dir, domain, k) for k in range(plan.n_folds)]
+    dirs = [model_dir(run, domain, k) for run in runs for k in range(plan.n_folds)]
     unfinished = [str(d) for d in dirs if not (d / RESULT).is_file()]
     if unfinished:
         raise ModelError(f"cannot assemble {domain!r}: unfinished folds {unfinished}")
     members = [manifest.load(d) for d in dirs]
-    oof = _out_of_fold_rows(plan, dirs, members, tta)
+    if len({member.input for member in members}) > 1:
+        raise ModelError(
+            f"cannot assemble {domain!r}: the folds expect different inputs {_inputs(dirs, members)}"
+        )
+    n = plan.n_folds
+    oof = _mean_rows(
+        [_out_of_fold_rows(plan, dirs[i : i + n], members[i : i + n], tta) for i in range(0, len(dirs), n)]
+    )
     labels = np.array([int(row["label"]) for row in oof])
     scores = np.array([float(row["p_atypical"]) for row in oof])
     try:
         threshold = choose_threshold(method, labels, scores)
     except ValueError as error:
         raise InputError(str(error)) from None
-    oof_metrics = binary_metrics(labels, scores, threshold=threshold)
-    domain_dir = run_dir / slug(domain)
-    write_rows(domain_dir / OOF_PREDICTIONS, oof)
-    folds = _place_folds(dirs, members, domain_dir, None)
+    architecture = members[0].architecture
+    networks = "+".join(dict.fromkeys(member.architecture for member in members))
     ensemble = Manifest(
-        architecture=config.architecture,
+        architecture=architecture,
         input=members[0].input,
-        folds=folds,
+        folds=(),
         threshold=Threshold(
             threshold, f"{method} on {len(oof)} out-of-fold predictions, test-time views: {tta}"
         ),
-        name=f"{config.architecture}-{config.size}px-{len(folds)}fold-{slug(domain)}",
-        description=f"{len(folds)}-fold ensemble trained on {plan.table} ({_held_out(plan, domain)})",
+        name=f"{networks}-{members[0].input.size}px-{len(members)}fold-{slug(domain)}",
+        description=f"{len(members)}-fold ensemble trained on {Path(plan.table).name} "
+        f"({_held_out(plan, domain)})",
         tta=tta,
         provenance={
-            "plan": read_run(run_dir)["plan"],
+            "plan": file_record(Path(records[0]["plan"])),
+            "table": {"file": Path(plan.table).name, "sha256": plan.table_sha256},
             "domain": domain,
-            "training": asdict(config),
+            "training": [recipe(TrainConfig(**record["config"])) for record in records],
             "versions": members[0].provenance.get("versions", {}),
-            "out_of_fold": oof_metrics,
+            "out_of_fold": binary_metrics(labels, scores, threshold=threshold),
             "folds": [json.loads((d / RESULT).read_text())["validation"] for d in dirs],
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     )
-    manifest.save(ensemble, domain_dir)  # the run folder always holds its latest assembly
+    if len(runs) == 1:  # the run folder always holds its latest assembly
+        domain_dir = runs[0] / slug(domain)
+        write_rows(domain_dir / OOF_PREDICTIONS, oof)
+        manifest.save(replace(ensemble, folds=_place_folds(dirs, members, architecture, None)), domain_dir)
     if target is not None:
-        ensemble = replace(ensemble, folds=_place_folds(dirs, members, domain_dir, target))
+        ensemble = replace(ensemble, folds=_place_folds(dirs, members, architecture, Path(target)))
         manifest.save(ensemble, target)
-    log.info("%s: %d folds, threshold %.4f (%s)", target or domain_dir, len(folds), threshold, method)
+    log.info("%s: %d folds, threshold %.4f (%s)", target or runs[0], len(members), threshold, method)
     return ensemble
+
+
+def _inputs(dirs: list[Path], members: list[Manifest]) -> str:
+    """Each distinct input with the first fold folder that expects it."""
+    first = {m.input: d for d, m in reversed(list(zip(dirs, members, strict=True)))}
+    return "; ".join(f"{d}: {s.size} px, mean {s.mean}, std {s.std}" for s, d in first.items())
+
+
+def _mean_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each crop's out-of-fold score averaged over runs (one run: its rows as they are)."""
+    if len(runs) == 1:
+        return runs[0]
+    scores: dict[str, list[float]] = {}
+    for rows in runs:
+        for row in rows:
+            scores.setdefault(row["id"], []).append(float(row["p_atypical"]))
+    if any(len(values) != len(runs) for values in scores.values()):
+        raise InputError("the runs' validation crops differ (images missing in one?); they cannot be mixed")
+    return [{**row, "p_atypical": repr(float(np.mean(scores[row["id"]])))} for row in runs[0]]
 
 
 def _out_of_fold_rows(
@@ -219,21 +268,21 @@ def _out_of_fold_rows(
 
 
 def _place_folds(
-    dirs: list[Path], members: list[Manifest], domain_dir: Path, target: Path | None
+    dirs: list[Path], members: list[Manifest], architecture: str, target: Path | None
 ) -> tuple[Fold, ...]:
-    """Fold entries relative to the manifest's folder, copying the weights when `target` is given."""
-    if target is None:
-        return tuple(
-            Fold(f"{d.name}/{m.folds[0].file}", m.folds[0].sha256) for d, m in zip(dirs, members, strict=True)
-        )
-    target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
+    """Fold entries relative to the manifest's folder (naming a fold's architecture where it is
+    not `architecture`), copying the weights when `target` is given."""
     folds = []
     for k, (d, m) in enumerate(zip(dirs, members, strict=True)):
+        network = None if m.architecture == architecture else m.architecture
+        if target is None:
+            folds.append(Fold(f"{d.name}/{m.folds[0].file}", m.folds[0].sha256, network))
+            continue
         name = f"fold{k}.safetensors"
+        target.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(d / m.folds[0].file, target / name)
         (target / name).chmod(0o644)
-        folds.append(Fold(name, m.folds[0].sha256))
+        folds.append(Fold(name, m.folds[0].sha256, network))
     return tuple(folds)
 
 

@@ -222,6 +222,7 @@ def _train_epoch(
     device = runtime.device
     memory = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     total_loss = torch.zeros((), device=device)
+    chance_loss = torch.zeros((), device=device)  # a network that always says 50 %
     waited, seen, started = 0.0, 0, time.perf_counter()
     batches = tqdm(
         loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not runtime.show_bar
@@ -242,6 +243,7 @@ def _train_epoch(
         scaler.update()
         scheduler.step()
         total_loss += loss.detach()
+        chance_loss += focal_loss(torch.zeros_like(logits), targets, config).detach()
         seen += len(images)
     batches.close()
     elapsed = time.perf_counter() - started
@@ -249,6 +251,7 @@ def _train_epoch(
         "epoch": epoch + 1,
         "lr": scheduler.get_last_lr()[0],
         "train_loss": total_loss.item() / len(loader),
+        "chance_loss": chance_loss.item() / len(loader),
         "images_per_s": seen * runtime.world / elapsed,
         "data_wait_share": waited / elapsed,
         "seconds": elapsed,
@@ -301,6 +304,12 @@ def _end_epoch(
         state["cuda_rng"] = torch.cuda.get_rng_state()
     _save_atomic(state, out_dir / LAST)
     write_rows(out_dir / METRICS, progress.history)
+    if epoch == 0 and row["train_loss"] >= 0.98 * row["chance_loss"]:
+        log.warning(
+            "%s: the training loss (%.4f) is no lower than always answering 50 %% (%.4f) after the "
+            "first epoch; the network is not learning. Try a lower --lr, or check --pretrained.",
+            out_dir, row["train_loss"], row["chance_loss"],
+        )  # fmt: skip
     log.info(
         "epoch %d/%d loss %.4f val AUROC %.4f (best %.4f @%d) BA@otsu %.3f "
         "%.0f img/s, data wait %.0f%%, %.0f s",
@@ -328,6 +337,23 @@ def _resume(out_dir: Path, parts: dict[str, Any], config: TrainConfig, device: t
     progress = _Progress(**state["progress"])
     log.info("%s: resuming after epoch %d of %d", out_dir, progress.epoch + 1, config.epochs)
     return progress
+
+
+def recipe(config: TrainConfig) -> dict[str, Any]:
+    """The settings as provenance: a local pretrained file by name, sha256 and source, not by a
+    path of the machine that trained."""
+    record = asdict(config)
+    path = Path(config.pretrained or "")
+    if config.pretrained not in (None, "hub"):
+        record["pretrained"] = (
+            {**file_record(path), **models.file_metadata(path)} if path.is_file() else path.name
+        )
+    return record
+
+
+def file_record(path: Path) -> dict[str, str]:
+    """A file named without the machine's folders: its name and sha256."""
+    return {"file": path.name, "sha256": manifest.sha256_of(path)}
 
 
 def config_differences(saved: TrainConfig, wanted: TrainConfig) -> dict[str, tuple[Any, Any]]:
@@ -367,7 +393,7 @@ def _finish(
         ],
     )
     result = {
-        "config": asdict(config),
+        "config": recipe(config),
         "best_epoch": progress.best_epoch + 1,
         "epochs_run": progress.epoch + 1,
         "n_train": len(train_samples),

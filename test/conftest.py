@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED = ROOT.parent / "shared"
 FIXTURE_ENSEMBLE = ROOT / "test" / "fixtures" / "ensemble"
 SAMPLE_INPUT = ROOT / "test" / "input"
 
@@ -23,7 +23,12 @@ def fixture_ensemble() -> Path:
 
 def shared_data(*parts: str) -> Path:
     """A path under ../shared/data, skipping the calling test when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
+    return shared("data", *parts)
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared, skipping the calling test when it is absent."""
+    path = SHARED.joinpath(*parts)
     if not path.exists():
         pytest.skip(f"real data not available: {path}")
     return path

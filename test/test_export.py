@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import torch
 from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT
 
-from amf import export, manifest, onnx_runtime
+from amf import export, manifest, models, onnx_runtime
 from amf.__main__ import main
 from amf.ensemble import Ensemble
 from amf.errors import ModelError
@@ -145,3 +146,23 @@ def test_manifest_rejects_malformed_onnx_entry(onnx: object, message: str) -> No
     data = json.loads((FIXTURE_ENSEMBLE / manifest.MANIFEST_NAME).read_text()) | {"onnx": onnx}
     with pytest.raises(ModelError, match=message):
         manifest.from_dict(data)
+
+
+@pytest.mark.slow
+def test_an_ensemble_mixing_architectures_exports_each_fold_with_its_network(tmp_path: Path) -> None:
+    model_dir = _copy_fixture(tmp_path)
+    spec = manifest.load(model_dir)
+    torch.manual_seed(0)
+    models.save_weights(models.create("test_byobnet"), model_dir / "other.safetensors")
+    extra = manifest.Fold(
+        "other.safetensors", manifest.sha256_of(model_dir / "other.safetensors"), "test_byobnet"
+    )
+    manifest.save(dataclasses.replace(spec, folds=(*spec.folds, extra)), model_dir)
+    mixed = export.export(model_dir, SAMPLE_INPUT, exporter="dynamo")
+    assert mixed.architectures == ("test_efficientnet", "test_byobnet")
+    batch = export.parity_batch(SAMPLE_INPUT, mixed, max_crops=16)
+    expected = Ensemble.load(mixed, model_dir, device=torch.device("cpu")).predict(batch)
+    np.testing.assert_allclose(_session(model_dir, "fp32").predict(batch), expected, atol=1e-5)
+    fp32 = onnx.load(str(model_dir / export.FILES["fp32"]))
+    (mean,) = [node for node in fp32.graph.node if node.op_type == "Mean"]
+    assert len(mean.input) == 4

@@ -73,7 +73,8 @@ def test_assembled_folder_serves_with_the_oof_threshold(lodo, tmp_path):
     assert ensemble.threshold.value == youden_threshold(labels, scores)
     assert ensemble.threshold.method == f"youden on {len(oof)} out-of-fold predictions, test-time views: none"
     assert ensemble.tta == "none"
-    assert ensemble.provenance["training"]["architecture"] == TINY.architecture
+    assert ensemble.provenance["training"][0]["architecture"] == TINY.architecture
+    assert str(tmp_path.parents[1]) not in json.dumps(ensemble.to_dict())  # no machine's paths
     assert manifest.load(target) == ensemble
     in_run = manifest.load(run / "beta")  # the run folder follows its latest assembly
     assert (in_run.threshold, in_run.tta) == (ensemble.threshold, ensemble.tta)
@@ -104,6 +105,40 @@ def test_assembling_with_test_time_views_rescores_each_fold_as_served(lodo, tmp_
     scores = np.array([float(r["p_atypical"]) for r in rows])
     assert not np.allclose(scores, [float(r["p_atypical"]) for r in plain])
     assert ensemble.threshold.value == youden_threshold(np.array([int(r["label"]) for r in rows]), scores)
+
+
+def test_runs_of_two_architectures_make_one_mixed_ensemble(lodo, tmp_path):
+    """Both runs' folds serve together; each crop's OOF score is the mean of its two fold models."""
+    root, plan_path, _ = lodo
+    byobnet = dataclasses.replace(TINY, architecture="test_byobnet")
+    plan.run_plan(plan_path, tmp_path / "byobnet", byobnet, domain="beta")
+    target = tmp_path / "mixed"
+    ensemble = plan.assemble([root / "run", tmp_path / "byobnet"], "beta", target)
+    assert ensemble.architectures == (TINY.architecture, "test_byobnet")
+    assert [ensemble.architecture_of(f) for f in ensemble.folds] == [TINY.architecture] * 2 + [
+        "test_byobnet"
+    ] * 2
+    assert ensemble.name == "test_efficientnet+test_byobnet-32px-4fold-beta"
+    assert [r["architecture"] for r in ensemble.provenance["training"]] == [TINY.architecture, "test_byobnet"]
+    first = {r["id"]: float(r["p_atypical"]) for r in read_rows(root / "run" / "beta" / plan.OOF_PREDICTIONS)}
+    second = {
+        r["id"]: float(r["p_atypical"])
+        for r in read_rows(tmp_path / "byobnet" / "beta" / plan.OOF_PREDICTIONS)
+    }
+    mixed = np.array([(first[i] + second[i]) / 2 for i in first])
+    labels = np.array([int(r["label"]) for r in read_rows(root / "run" / "beta" / plan.OOF_PREDICTIONS)])
+    assert ensemble.threshold.value == youden_threshold(labels, mixed)
+    served = manifest.load(target)
+    assert served == ensemble
+    crops = root / "crops" / "alpha"
+    assert predict.run(crops, tmp_path / "out", target) == len(list(crops.iterdir()))
+    wider = dataclasses.replace(TINY, size=40)
+    plan.run_plan(plan_path, tmp_path / "wider", wider, domain="beta")
+    with pytest.raises(ModelError, match="the folds expect different inputs"):
+        plan.assemble([root / "run", tmp_path / "wider"], "beta", tmp_path / "refused")
+    with pytest.raises(InputError, match="needs a target folder"):
+        plan.assemble([root / "run", tmp_path / "byobnet"], "beta")
+    assert not (tmp_path / "refused").exists()
 
 
 def test_selection_and_settings_errors(lodo):

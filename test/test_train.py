@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import subprocess
 import sys
 
@@ -71,6 +72,16 @@ def test_killed_run_resumes_to_the_same_model(samples, tmp_path, monkeypatch):
     ]
     assert losses[0] == losses[1] and len(losses[0]) == 3
     assert not (tmp_path / "killed" / train.LAST).exists()
+
+
+def test_a_network_that_does_not_learn_is_reported(samples, tmp_path, caplog):
+    """A first epoch no better than always answering 50 % gets a warning naming the folder."""
+    frozen = dataclasses.replace(TINY, epochs=1, lr=1e-12)
+    with caplog.at_level(logging.WARNING):
+        train.train(*_split(samples), frozen, tmp_path / "frozen")
+    assert "frozen: the training loss" in caplog.text and "the network is not learning" in caplog.text
+    (row,) = data.read_rows(tmp_path / "frozen" / train.METRICS)
+    assert float(row["train_loss"]) >= 0.98 * float(row["chance_loss"])
 
 
 def test_settings_are_validated(samples, tmp_path):
