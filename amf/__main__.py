@@ -121,7 +121,9 @@ def _dataset(args: argparse.Namespace) -> None:
     if not sources:
         raise InputError("give at least one of --midog25, --amibr, --folder")
     samples = dataset.unify(*sources)
-    present = dataset.check_images(samples, strict=args.strict)
+    present = dataset.check_images(
+        samples, strict=args.strict, consequence="the table keeps their labels; --link and training skip them"
+    )
     print(dataset.format_summary(dataset.summary(samples, args.by), args.by.replace("_", " ").capitalize()))
     if args.out:
         log.info("%d rows -> %s", len(samples), dataset.save_table(samples, args.out))
@@ -203,7 +205,7 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "train", help="train a plan's models (skips finished ones, resumes killed ones)"
     )
-    parser.add_argument("--plan", type=Path, required=True)
+    parser.add_argument("--plan", type=Path, required=True, help="plan file from `amf plan`")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
     parser.add_argument("--domain", help="only this held-out domain (name or folder name)")
     parser.add_argument("--fold", type=int, help="only this fold")
@@ -213,7 +215,7 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     options.add_argument("--arch", dest="architecture", help="timm model name (default efficientvit_l2)")
     options.add_argument("--size", type=int, help="input size in px (default 256)")
     options.add_argument("--pretrained", help="'hub', a weight file, or 'none' (default)")
-    options.add_argument("--epochs", type=int)
+    options.add_argument("--epochs", type=int, help="passes over the training set (default 20)")
     options.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
     options.add_argument("--batch-size", type=int)
     options.add_argument("--weight-decay", type=float)
@@ -305,7 +307,11 @@ def _evaluate(args: argparse.Namespace) -> None:
 def add_score(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("score", help="the official Track 2 evaluator on a folder of output JSONs")
     parser.add_argument(
-        "--predictions", type=Path, required=True, help="outputs (see amf.score), or a predictions.csv"
+        "--predictions",
+        type=Path,
+        required=True,
+        help="a folder of container outputs (grand-challenge's predictions.json, or "
+        "<stack>/multiple-mitotic-figure-classification.json), or a folder run's predictions.csv",
     )
     truth = parser.add_mutually_exclusive_group(required=True)
     truth.add_argument("--ground-truth", type=Path, help="organisers' ground_truth.json format")
@@ -340,10 +346,26 @@ def _score(args: argparse.Namespace) -> None:
         writing.write_json_atomic(args.out, metrics)
 
 
+WORKFLOW = """\
+order of work (README.md, "Training"; model/reproduce.sh runs it end to end):
+  dataset -> plan -> [import-tflite] -> train -> assemble -> export -> predict
+  evaluate reports a trained run; score grades a container's outputs.
+
+examples:
+  amf predict --input crops/ --output out/      # what inference.py and ./run.sh run
+  amf dataset --amibr ami-br/ --amibr-split train --by scanner --out runs/train.csv
+  amf plan --table runs/train.csv --domain all --out runs/plan.json
+  amf train --plan runs/plan.json --out runs/all --arch efficientvit_m0 --size 128 --pretrained none
+  amf assemble --run runs/all --out model/ --tta dihedral && amf export --model model/
+"""
+
+
 def build_parser(predict_prog: str | None = None) -> argparse.ArgumentParser:
     """`predict_prog` names the predict command in its help (inference.py is that command)."""
-    parser = argparse.ArgumentParser(prog="amf", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="amf", description=__doc__, epilog=WORKFLOW, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", metavar="<command>")
     add_predict(commands, predict_prog)
     add_export(commands)
     add_dataset(commands)
@@ -363,7 +385,11 @@ def main(argv: list[str] | None = None, *, predict_prog: str | None = None) -> i
         level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.captureWarnings(True)  # a library's warning is one log line, never a multi-line dump
-    args = build_parser(predict_prog).parse_args(argv)
+    parser = build_parser(predict_prog)
+    args = parser.parse_args(argv)
+    if args.command is None:  # `amf` alone: what it can do and what to run first
+        parser.print_help(sys.stderr)
+        return 2
     try:
         args.handler(args)
     except AmfError as error:

@@ -205,8 +205,11 @@ def unify(*sources: Sequence[Sample]) -> list[Sample]:
     return unified
 
 
-def check_images(samples: Sequence[Sample], *, strict: bool = False) -> list[Sample]:
-    """The samples whose image file exists; the missing ones are reported (or fatal if `strict`)."""
+def check_images(
+    samples: Sequence[Sample], *, strict: bool = False, consequence: str = "excluding them"
+) -> list[Sample]:
+    """The samples whose image file exists; the missing ones are reported with what the caller
+    does about them (or fatal if `strict`)."""
     found = [Path(s.image).is_file() for s in samples]
     present = [s for s, ok in zip(samples, found, strict=True) if ok]
     missing = [s for s, ok in zip(samples, found, strict=True) if not ok]
@@ -216,7 +219,7 @@ def check_images(samples: Sequence[Sample], *, strict: bool = False) -> list[Sam
         message = f"{len(missing)} of {len(samples)} image files missing ({dict(by_source)}), e.g. {examples}"
         if strict:
             raise InputError(message)
-        log.warning("%s; excluding them", message)
+        log.warning("%s; %s", message, consequence)
     return present
 
 

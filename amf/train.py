@@ -306,8 +306,9 @@ def _end_epoch(
     write_rows(out_dir / METRICS, progress.history)
     if epoch == 0 and row["train_loss"] >= 0.98 * row["chance_loss"]:
         log.warning(
-            "%s: the training loss (%.4f) is no lower than always answering 50 %% (%.4f) after the "
-            "first epoch; the network is not learning. Try a lower --lr, or check --pretrained.",
+            "%s: after the first epoch the training loss (%.4f) is no lower than always answering "
+            "50 %% (%.4f). If it stays there the network is not learning: try a lower --lr, a "
+            "longer --warmup, or check --pretrained.",
             out_dir, row["train_loss"], row["chance_loss"],
         )  # fmt: skip
     log.info(

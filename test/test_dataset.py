@@ -87,6 +87,7 @@ def test_dataset_command_prints_table_and_reports_missing_images(tmp_path, capsy
     assert "| Total | 13938 | 2176 | 11762 | 15.6% |" in printed
     assert "| Canine lymphoma | 3959 | 317 | 3642 | 8.0% |" in printed
     assert "11939 of 13938 image files missing" in caplog.text
+    assert "the table keeps their labels; --link and training skip them" in caplog.text
     assert len(dataset.load_table(tmp_path / "t.csv")) == 13938
     assert main([*argv, "--strict"]) == 2
 
