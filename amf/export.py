@@ -15,9 +15,9 @@ The dynamo exporter traces one fold of each architecture per variant, and the en
 that trace repeated with each fold's weights: tracing all the folds at once took about five
 times as long, the exporter's cost growing with the size of the graph. Both graphs are saved
 unoptimised: a graph pre-optimised by ONNX Runtime (batch norms folded into the convolutions)
-opened about a third faster, but its folded weights are no longer fp16 values, so it was twice
-the size: a 10-fold ensemble of MobileNets would have needed a 109 MB file, over the 100 MB a
-file may have on GitHub.
+opened faster (README.md, "ONNX export"), but its folded weights are no longer fp16 values, so
+it was twice the size: a 10-fold ensemble of MobileNets would have needed about 110 MB, over
+the 100 MB a file may have on GitHub.
 
 Each variant must match `amf.ensemble.Ensemble` on real crops within its tolerance, or the
 export fails with nothing written and the manifest untouched.
