@@ -223,7 +223,8 @@ def assemble(
     if len(runs) == 1:  # the run folder always holds its latest assembly
         domain_dir = runs[0] / slug(domain)
         write_rows(domain_dir / OOF_PREDICTIONS, oof)
-        manifest.save(replace(ensemble, folds=_place_folds(dirs, members, architecture, None)), domain_dir)
+        ensemble = replace(ensemble, folds=_place_folds(dirs, members, architecture, None))
+        manifest.save(ensemble, domain_dir)
     if target is not None:
         ensemble = replace(ensemble, folds=_place_folds(dirs, members, architecture, Path(target)))
         manifest.save(ensemble, target)

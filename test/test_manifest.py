@@ -87,10 +87,11 @@ def test_shipped_ensemble_is_a_trained_model_small_enough_for_git() -> None:
         pytest.skip("no ensemble shipped in model/")
     shipped = manifest.load(model_dir)
     assert shipped.name != "test-fixture" and "FIXTURE" not in shipped.description
-    assert len(shipped.folds) == 5 and "youden" in shipped.threshold.method
+    assert len(shipped.folds) >= 5 and "youden" in shipped.threshold.method
     assert shipped.provenance["out_of_fold"]["n"] > 0 and shipped.provenance["versions"]["timm"]
-    sizes = [(model_dir / fold.file).stat().st_size for fold in shipped.folds]
-    assert sum(sizes) < 30 * 2**20
+    assert '": "/' not in json.dumps(shipped.to_dict())  # files by name and sha256, no absolute paths
+    largest = max(path.stat().st_size for path in model_dir.iterdir())
+    assert largest < 95 * 2**20  # GitHub refuses files over 100 MB
     with safe_open(str(model_dir / shipped.folds[0].file), "np") as weights:
         floats = {
             str(weights.get_tensor(k).dtype)

@@ -308,7 +308,8 @@ def test_environment_variable_forces_torch(exported: Path, tmp_path: Path) -> No
     result = _inference(exported, tmp_path, env={"AMF_BACKEND": "torch"})
     assert result.returncode == 0, result.stderr
     assert (
-        "amf.ensemble: loaded 3 x test_efficientnet" in result.stderr and "ONNX Runtime" not in result.stderr
+        "amf.ensemble: loaded 3 folds of test_efficientnet" in result.stderr
+        and "ONNX Runtime" not in result.stderr
     )
 
 

@@ -90,7 +90,7 @@ def test_assembling_with_test_time_views_rescores_each_fold_as_served(lodo, tmp_
     run = _copy_run(lodo, tmp_path)
     plain = read_rows(run / "beta" / plan.OOF_PREDICTIONS)
     ensemble = plan.assemble(run, "beta", tta="flips")
-    assert ensemble.tta == "flips" == manifest.load(run / "beta").tta
+    assert ensemble == manifest.load(run / "beta") and ensemble.tta == "flips"
     assert ensemble.threshold.method.endswith("test-time views: flips")
     rows = read_rows(run / "beta" / plan.OOF_PREDICTIONS)
     assert [r["id"] for r in rows] == [r["id"] for r in plain]
