@@ -224,7 +224,9 @@ check_train_help() {
         || { echo "training image not built (./build.sh train)"; return $SKIP; }
     train_cli --help >"$WORK/train-help.log" 2>&1 || { echo "exit $?: $(last_line "$WORK/train-help.log")"; return 1; }
     grep -q '^usage: amf' "$WORK/train-help.log" || { echo "no usage text"; return 1; }
-    echo "python -m amf --help: $(grep -o '{[^}]*}' "$WORK/train-help.log" | head -n 1)"
+    grep -q '^  dataset -> plan -> \[import-tflite\] -> train' "$WORK/train-help.log" \
+        || { echo "no order of work in the help"; return 1; }
+    echo "python -m amf --help: usage, order of work and $(grep -cE '^    [a-z-]+( |$)' "$WORK/train-help.log") commands"
 }
 
 check_train_dataset() {
