@@ -18,8 +18,13 @@ def write(tmp_path: Path, records: object, name: str = "out.json") -> Path:
     return path
 
 
-def test_expected_output_meets_contract_for_the_sample_input() -> None:
-    assert co.main([str(EXPECTED), "--input", str(SAMPLE_INPUT), "--expected", str(EXPECTED)]) == 0
+def test_expected_output_meets_contract_and_a_changed_copy_fails(tmp_path: Path) -> None:
+    """The committed expected output fits the sample input and the shipped threshold; a copy
+    with one confidence moved by more than the tolerance is caught."""
+    assert co.main([str(EXPECTED), "--input", str(SAMPLE_INPUT), "--model", str(ROOT / "model")]) == 0
+    records = json.loads(EXPECTED.read_text())
+    records[0]["confidence"] -= 1e-3
+    assert co.main([str(write(tmp_path, records)), "--expected", str(EXPECTED)]) == 1
 
 
 @pytest.mark.parametrize(
