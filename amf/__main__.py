@@ -187,16 +187,9 @@ def add_import_tflite(commands: argparse._SubParsersAction) -> None:
 
 
 def _import_tflite(args: argparse.Namespace) -> None:
-    import numpy as np
+    from amf import tflite_import
 
-    from amf import dataset, tflite_import
-    from amf.data import load_crops
-
-    crops = None
-    if args.table:
-        samples = dataset.check_images(dataset.load_table(args.table), strict=True)
-        chosen = np.random.default_rng(args.seed).permutation(len(samples))[: args.crops]
-        crops = list(load_crops([samples[i] for i in sorted(chosen)]).values())
+    crops = tflite_import.calibration_crops(args.table, args.crops, seed=args.seed) if args.table else None
     metadata = tflite_import.import_tflite(args.source, args.arch, args.out, crops=crops, size=args.size)
     print(f"{args.out}: {metadata['architecture']} from {metadata['source']}; {metadata['calibration']}")
 

@@ -274,13 +274,14 @@ def _place_folds(
     """Fold entries relative to the manifest's folder (naming a fold's architecture where it is
     not `architecture`), copying the weights when `target` is given."""
     folds = []
+    if target is not None:
+        target.mkdir(parents=True, exist_ok=True)
     for k, (d, m) in enumerate(zip(dirs, members, strict=True)):
         network = None if m.architecture == architecture else m.architecture
         if target is None:
             folds.append(Fold(f"{d.name}/{m.folds[0].file}", m.folds[0].sha256, network))
             continue
         name = f"fold{k}.safetensors"
-        target.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(d / m.folds[0].file, target / name)
         (target / name).chmod(0o644)
         folds.append(Fold(name, m.folds[0].sha256, network))

@@ -16,7 +16,6 @@ timm convolution, with batch norm folded into a bias. The import:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,7 +24,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from amf import models
+from amf import dataset, manifest, models
+from amf.data import load_crops
 from amf.errors import ModelError
 from amf.preprocess import prepare
 
@@ -164,6 +164,14 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[torch.Tensor
     return seen
 
 
+def calibration_crops(table: Path, count: int, *, seed: int = 0) -> list[np.ndarray]:
+    """`count` crops of a dataset table, drawn by `seed` and decoded in table order: what
+    `recalibrate_batchnorm` measures. Every image of the table must exist."""
+    samples = dataset.check_images(dataset.load_table(table), strict=True)
+    chosen = np.random.default_rng(seed).permutation(len(samples))[:count]
+    return list(load_crops([samples[i] for i in sorted(chosen)]).values())
+
+
 def import_tflite(
     source: Path,
     architecture: str,
@@ -194,7 +202,7 @@ def import_tflite(
         "format": FORMAT,
         "architecture": architecture,
         "source": Path(source).name,
-        "source_sha256": hashlib.sha256(Path(source).read_bytes()).hexdigest(),
+        "source_sha256": manifest.sha256_of(Path(source)),
         "licence": LICENCE,
         "calibration": calibration,
     }

@@ -344,11 +344,12 @@ def recipe(config: TrainConfig) -> dict[str, Any]:
     """The settings as provenance: a local pretrained file by name, sha256 and source, not by a
     path of the machine that trained."""
     record = asdict(config)
-    path = Path(config.pretrained or "")
-    if config.pretrained not in (None, "hub"):
-        record["pretrained"] = (
-            {**file_record(path), **models.file_metadata(path)} if path.is_file() else path.name
-        )
+    if config.pretrained in (None, "hub"):
+        return record
+    path = Path(config.pretrained)
+    record["pretrained"] = (
+        {**file_record(path), **models.file_metadata(path)} if path.is_file() else path.name
+    )
     return record
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import ROOT, SAMPLE_INPUT, shared
 from PIL import Image
+from safetensors.torch import load_file
 
 from amf import io, models, tflite_import
 from amf.errors import ModelError
@@ -27,7 +28,7 @@ def imported(tmp_path: Path, source: Path, architecture: str, **calibration) -> 
     path = tmp_path / f"{architecture}.safetensors"
     tflite_import.import_tflite(source, architecture, path, **calibration)
     model = models.create(architecture, num_classes=1000)
-    model.load_state_dict(models.load_file(str(path)), strict=False)
+    model.load_state_dict(load_file(str(path)), strict=False)
     return model.eval()
 
 
