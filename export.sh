@@ -21,12 +21,12 @@ OUT="${1:-$ROOT/build}"
 
 # Optional step, AMF_ONNX=1 ./export.sh: export model/ to ONNX again (after retraining it, say).
 # Writes model/ensemble.fp32.onnx and .fp16.onnx, each checked against the PyTorch ensemble and
-# recorded in model/manifest.json (python -m amf export), then rebuilds the GPU image so that it
+# recorded in model/manifest.json (python -m amf export-onnx), then rebuilds the GPU image so that it
 # bakes them in. Without it, model/ ships as committed (README.md, "ONNX export").
 if [[ ${AMF_ONNX:-0} == 1 ]]; then
     say "exporting model/ to ONNX, then rebuilding $AMF_IMAGE"
     ensure_venv
-    "$VENV/bin/python" -m amf export --model "$ROOT/model"
+    "$VENV/bin/python" -m amf export-onnx --model "$ROOT/model"
     "$ROOT/build.sh" gpu
 fi
 

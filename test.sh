@@ -98,20 +98,20 @@ names_graphs() {
 # The fixture ensemble the override check mounts. The GPU image takes it as committed (torch-only:
 # its PyTorch back end); the CPU image has only ONNX Runtime, so it gets the fixture with ONNX
 # graphs: the committed one when its manifest names graphs, else a copy exported here with
-# `python -m amf export` (about 1 minute), cached under build/ by the fixture's contents.
+# `python -m amf export-onnx` (about 1 minute), cached under build/ by the fixture's contents.
 override_fixture() {
     if [[ $FLAVOUR == gpu ]] || names_graphs "$FIXTURE"; then
         echo "$FIXTURE"
         return
     fi
     local key dest
-    key=$(cat "$FIXTURE"/* "$ROOT"/amf/export.py | sha256sum | cut -c1-12)
+    key=$(cat "$FIXTURE"/* "$ROOT"/amf/onnx_export.py | sha256sum | cut -c1-12)
     dest="$ROOT/build/fixture-onnx/$key"
     if [[ ! -f $dest/manifest.json ]]; then
         rm -rf "$dest" "$dest.part"
         mkdir -p "$dest.part"
         cp "$FIXTURE"/* "$dest.part/"
-        "$PY" -m amf export --model "$dest.part" >"$dest.log" 2>&1 \
+        "$PY" -m amf export-onnx --model "$dest.part" >"$dest.log" 2>&1 \
             || { echo "exporting the fixture to ONNX failed: $(last_line "$dest.log")" >&2; return 1; }
         mv "$dest.part" "$dest"
     fi

@@ -68,7 +68,9 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def add_export(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("export", help="write the ensemble as ONNX graphs checked against PyTorch")
+    parser = commands.add_parser(
+        "export-onnx", help="write the ensemble as ONNX graphs checked against PyTorch"
+    )
     repo = Path(__file__).resolve().parent.parent
     parser.add_argument("--model", type=Path, default=repo / "model", help="ensemble folder (default model/)")
     parser.add_argument(
@@ -83,9 +85,9 @@ def add_export(commands: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from amf import export
+    from amf import onnx_export
 
-    spec = export.export(args.model, args.crops, exporter=args.exporter, max_crops=args.max_crops)
+    spec = onnx_export.export(args.model, args.crops, exporter=args.exporter, max_crops=args.max_crops)
     for variant in ONNX_VARIANTS:
         entry = spec.onnx[variant]
         print(f"{args.model / entry['file']}: max |ONNX - PyTorch| {entry['max_abs_diff']:.2g}")
@@ -146,18 +148,16 @@ def add_plan(commands: argparse._SubParsersAction) -> None:
 
 
 def _plan(args: argparse.Namespace) -> None:
-    from amf import dataset, splits
+    from amf import dataset, plan
 
     samples = dataset.load_table(args.table)
     column = None if args.domain == "all" else args.domain
-    plan = splits.make_plan(
-        samples, table=args.table, domain_column=column, n_folds=args.folds, seed=args.seed
-    )
-    splits.save_plan(plan, args.out)
-    for name, split in plan.domains.items():
+    made = plan.make_plan(samples, table=args.table, domain_column=column, n_folds=args.folds, seed=args.seed)
+    plan.save_plan(made, args.out)
+    for name, split in made.domains.items():
         sizes = "/".join(str(len(f)) for f in split.folds)
         print(f"{name}: held out {len(split.test)}, validation folds {sizes}")
-    log.info("%d models -> %s", len(plan.tasks()), args.out)
+    log.info("%d models -> %s", len(made.tasks()), args.out)
 
 
 def add_import_tflite(commands: argparse._SubParsersAction) -> None:
@@ -230,16 +230,16 @@ def add_train(commands: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> None:
     from dataclasses import asdict, fields
 
-    from amf import plan, train
+    from amf import runs, train
 
-    saved = plan.read_run(args.out)["config"] if (args.out / plan.RUN_FILE).is_file() else {}
+    saved = runs.read_run(args.out)["config"] if (args.out / runs.RUN_FILE).is_file() else {}
     given = {
         f.name: getattr(args, f.name) for f in fields(train.TrainConfig) if getattr(args, f.name) is not None
     }
     if given.get("pretrained") == "none":
         given["pretrained"] = None
     config = train.TrainConfig(**{**asdict(train.TrainConfig()), **saved, **given})
-    plan.run_plan(
+    runs.run_plan(
         args.plan, args.out, config, domain=args.domain, fold=args.fold, index=args.index, strict=args.strict
     )
 
@@ -263,9 +263,9 @@ def add_assemble(commands: argparse._SubParsersAction) -> None:
 
 
 def _assemble(args: argparse.Namespace) -> None:
-    from amf import plan
+    from amf import runs
 
-    ensemble = plan.assemble(args.run, args.domain, args.out, method=args.threshold, tta=args.tta)
+    ensemble = runs.assemble(args.run, args.domain, args.out, method=args.threshold, tta=args.tta)
     oof = ensemble.provenance["out_of_fold"]
     print(
         f"{ensemble.name}: threshold {ensemble.threshold.value:.4f} ({ensemble.threshold.method}); "
@@ -341,7 +341,7 @@ def _score(args: argparse.Namespace) -> None:
 
 WORKFLOW = """\
 order of work (README.md, "Training"; model/reproduce.sh runs it end to end):
-  dataset -> plan -> [import-tflite] -> train -> assemble -> export -> predict
+  dataset -> plan -> [import-tflite] -> train -> assemble -> export-onnx -> predict
   evaluate reports a trained run; score grades a container's outputs.
 
 examples:
@@ -349,7 +349,7 @@ examples:
   amf dataset --amibr ami-br/ --amibr-split train --by scanner --out runs/train.csv
   amf plan --table runs/train.csv --domain all --out runs/plan.json
   amf train --plan runs/plan.json --out runs/all --arch efficientvit_m0 --size 128 --pretrained none
-  amf assemble --run runs/all --out model/ --tta dihedral && amf export --model model/
+  amf assemble --run runs/all --out model/ --tta dihedral && amf export-onnx --model model/
 """
 
 

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from amf.errors import InputError
-from amf.io import CROP_SUFFIXES
+from amf.stacks import CROP_SUFFIXES
 
 log = logging.getLogger(__name__)
 

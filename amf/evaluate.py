@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from amf import manifest, writing
-from amf.data import load_crops, predict_crops, read_rows, write_rows
 from amf.dataset import check_images
 from amf.ensemble import Ensemble
 from amf.metrics import binary_metrics, json_safe, otsu_threshold
-from amf.plan import OOF_PREDICTIONS, assemble, load_run, plan_samples
-from amf.splits import Plan, slug
+from amf.plan import Plan, slug
+from amf.runs import OOF_PREDICTIONS, assemble, load_run, plan_samples
+from amf.training_data import load_crops, predict_crops, read_rows, write_rows
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "amf-ensemble/1"
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 REDUCTIONS = ("mean_probability",)
-ONNX_VARIANTS = ("fp32", "fp16")  # written by amf.export, served by amf.onnx_runtime
+ONNX_VARIANTS = ("fp32", "fp16")  # written by amf.onnx_export, served by amf.onnx_runtime
 # Test-time augmentation: the symmetries of the square (amf.preprocess.dihedral) whose
 # predictions are averaged, by the container and by the out-of-fold scores behind the threshold.
 TTA_VIEWS = {"none": (0,), "flips": (0, 2, 4, 6), "dihedral": tuple(range(8))}

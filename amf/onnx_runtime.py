@@ -1,7 +1,7 @@
 """The ensemble as one ONNX graph in ONNX Runtime: the container's fast path.
 
 It imports neither torch nor timm: a fresh container pays ~0.2 s of imports instead of ~5 s.
-`amf.export` writes the graph (fp32 for the CPU, fp16 for CUDA) and records it in the manifest.
+`amf.onnx_export` writes the graph (fp32 for the CPU, fp16 for CUDA) and records it in the manifest.
 """
 
 from __future__ import annotations
@@ -109,7 +109,9 @@ class OnnxEnsemble:
             ModelError: the manifest names no graph, or the file is missing, altered or unloadable.
         """
         if not manifest.onnx:
-            raise ModelError(f"{model_dir}: the manifest names no ONNX graph; run `python -m amf export`")
+            raise ModelError(
+                f"{model_dir}: the manifest names no ONNX graph; run `python -m amf export-onnx`"
+            )
         providers = providers or default_providers()
         variant = pick_variant(manifest.onnx, on_gpu=providers[0] == CUDA)
         entry = manifest.onnx[variant]

@@ -1,315 +1,145 @@
-"""Running a plan: train its (domain, fold) models into one run folder, then assemble ensembles.
+"""Cross-validation plans: leave-one-domain-out x k folds, or k folds over every domain.
 
-Layout of a run folder:
-
-    RUN/run.json                      the plan file and training settings every model shares
-    RUN/<domain>/fold<k>/             one model (see amf.train), skipped once finished
-    RUN/<domain>/manifest.json        written when all folds are done: the folder is an ensemble
-    RUN/<domain>/oof_predictions.csv  the folds' out-of-fold predictions behind its threshold
-
-`assemble` can also copy an ensemble into a flat folder (fold<k>.safetensors + manifest.json),
-such as the container's `model/`. Its threshold comes from the out-of-fold predictions.
+A plan is computed once from the dataset table, seeded, and written to JSON; every model of a run
+reads its (domain, fold) from that file. Folds come from scikit-learn's StratifiedGroupKFold:
+stratified by label, grouped by slide, so no slide is on both sides of a split.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import shutil
+import re
 from collections.abc import Sequence
-from dataclasses import asdict, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
 
-from amf import manifest, writing
-from amf.data import load_crops, predict_crops, read_rows, write_rows
-from amf.dataset import Sample, check_images, load_table
-from amf.ensemble import Ensemble
-from amf.errors import InputError, ModelError
-from amf.manifest import Fold, Manifest, Threshold
-from amf.metrics import binary_metrics, choose_threshold
-from amf.splits import Plan, load_plan, slug
-from amf.train import RESULT, VAL_PREDICTIONS, TrainConfig, config_differences, file_record, recipe, train
+from amf.dataset import DOMAIN_COLUMNS, Sample
+from amf.errors import InputError
+from amf.manifest import sha256_of
+from amf.writing import write_json_atomic
 
-log = logging.getLogger(__name__)
-
-RUN_FILE = "run.json"
-OOF_PREDICTIONS = "oof_predictions.csv"
+FORMAT = "amf-plan/1"
+ALL = "all"
 
 
-def model_dir(run_dir: Path, domain: str, fold: int) -> Path:
-    return Path(run_dir) / slug(domain) / f"fold{fold}"
+@dataclass(frozen=True)
+class DomainSplit:
+    """Held-out test ids (empty when nothing is held out) and the validation ids of each fold."""
+
+    test: tuple[str, ...]
+    folds: tuple[tuple[str, ...], ...]
 
 
-def run_plan(
-    plan_path: Path,
-    run_dir: Path,
-    config: TrainConfig,
+@dataclass(frozen=True)
+class Plan:
+    table: str
+    table_sha256: str
+    domain_column: str | None
+    n_folds: int
+    seed: int
+    domains: dict[str, DomainSplit]
+
+    def tasks(self) -> list[tuple[str, int]]:
+        """Every (domain, fold) to train, in a stable order."""
+        return [(domain, fold) for domain in self.domains for fold in range(self.n_folds)]
+
+    def split(self, domain: str, fold: int) -> tuple[list[str], list[str]]:
+        """(train ids, validation ids) of one model; an unknown domain or fold lists the valid ones."""
+        if domain not in self.domains:
+            raise InputError(f"domain {domain!r} is not in the plan; choose from {list(self.domains)}")
+        if not 0 <= fold < self.n_folds:
+            raise InputError(f"fold {fold} is not in the plan; choose from 0..{self.n_folds - 1}")
+        folds = self.domains[domain].folds
+        train = [i for k, ids in enumerate(folds) if k != fold for i in ids]
+        return train, list(folds[fold])
+
+    def to_dict(self) -> dict:
+        domains = {
+            name: {"test": list(d.test), "folds": [list(f) for f in d.folds]}
+            for name, d in self.domains.items()
+        }
+        return {
+            "format": FORMAT,
+            "table": self.table,
+            "table_sha256": self.table_sha256,
+            "domain_column": self.domain_column,
+            "n_folds": self.n_folds,
+            "seed": self.seed,
+            "domains": domains,
+        }
+
+
+def make_plan(
+    samples: Sequence[Sample],
     *,
-    domain: str | None = None,
-    fold: int | None = None,
-    index: int | None = None,
-    strict: bool = False,
-) -> list[dict[str, Any]]:
-    """Train the plan's models that are not finished yet: all, one domain, one fold, or task `index`.
-
-    Args:
-        domain: a domain name or its folder name; None for every domain.
-        fold: one fold of each selected domain; None for all folds.
-        index: the index-th (domain, fold) of the whole plan (a cluster array job's task id).
-        strict: fail when an image file is missing instead of excluding that crop.
-    """
-    plan = load_plan(plan_path)
-    samples = plan_samples(plan)
-    _bind_run(Path(run_dir), Path(plan_path), config)
-    tasks = select_tasks(plan, domain=domain, fold=fold, index=index)
-    todo = [(d, k) for d, k in tasks if not (model_dir(run_dir, d, k) / RESULT).is_file()]
-    log.info(
-        "%d models selected, %d finished already, %d to train", len(tasks), len(tasks) - len(todo), len(todo)
-    )
-    if not todo:
-        return []
-    needed = {i for d, k in todo for ids in plan.split(d, k) for i in ids}
-    present = check_images([samples[i] for i in sorted(needed)], strict=strict)
-    crops = load_crops(present)
-    results = []
-    for d, k in todo:
-        train_ids, val_ids = plan.split(d, k)
-        log.info("training %s fold %d", d, k)
-        train_samples = [samples[i] for i in train_ids if i in crops]
-        val_samples = [samples[i] for i in val_ids if i in crops]
-        results.append(train(train_samples, val_samples, config, model_dir(run_dir, d, k), crops=crops))
-        if _is_main() and all((model_dir(run_dir, d, f) / RESULT).is_file() for f in range(plan.n_folds)):
-            assemble(run_dir, d)
-    return results
-
-
-def select_tasks(
-    plan: Plan, *, domain: str | None = None, fold: int | None = None, index: int | None = None
-) -> list[tuple[str, int]]:
-    """The (domain, fold) pairs a command asked for; unknown ones list the valid choices."""
-    tasks = plan.tasks()
-    if index is not None:
-        if not 0 <= index < len(tasks):
-            raise InputError(f"task index {index} is outside the plan's 0..{len(tasks) - 1}")
-        return [tasks[index]]
-    if domain is not None:
-        names = {name: name for name in plan.domains} | {slug(name): name for name in plan.domains}
-        if domain not in names:
-            raise InputError(f"domain {domain!r} is not in the plan; choose from {list(plan.domains)}")
-        tasks = [t for t in tasks if t[0] == names[domain]]
-    if fold is not None:
-        if not 0 <= fold < plan.n_folds:
-            raise InputError(f"fold {fold} is not in the plan; choose from 0..{plan.n_folds - 1}")
-        tasks = [t for t in tasks if t[1] == fold]
-    return tasks
-
-
-def plan_samples(plan: Plan) -> dict[str, Sample]:
-    """The plan's dataset table by sample id, refusing a table changed since the plan was made."""
-    table = Path(plan.table)
-    if not table.is_file():
-        raise InputError(f"{table}: the plan's dataset table is missing")
-    if manifest.sha256_of(table) != plan.table_sha256:
-        raise InputError(f"{table}: changed since the plan was made; make the plan again")
-    return {s.id: s for s in load_table(table)}
-
-
-def read_run(run_dir: Path) -> dict:
-    """RUN/run.json checked: {"plan": path, "config": TrainConfig fields}; else one-line InputError."""
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise InputError(f"{path}: not a run folder (no {RUN_FILE}); train a plan into it first")
-    try:
-        data = json.loads(path.read_bytes())
-        TrainConfig(**data["config"])
-        well_formed = isinstance(data["plan"], str)
-    except (OSError, ValueError, RecursionError, KeyError, TypeError) as error:
-        raise InputError(f"{path}: malformed run record ({type(error).__name__}: {error})") from None
-    if not well_formed:
-        raise InputError(f"{path}: malformed run record ('plan' must be a path)")
-    return data
-
-
-def load_run(run_dir: Path) -> tuple[Plan, TrainConfig]:
-    """The plan and settings a run folder was trained with."""
-    data = read_run(run_dir)
-    return load_plan(Path(data["plan"])), TrainConfig(**data["config"])
-
-
-def assemble(
-    runs: Path | Sequence[Path],
-    domain: str,
-    target: Path | None = None,
-    *,
-    method: str = "youden",
-    tta: str = "none",
-) -> Manifest:
-    """Make one domain's fold models an ensemble, its threshold chosen on out-of-fold predictions.
-
-    Args:
-        runs: a run folder, or several trained on the same plan (say, two architectures): the
-            ensemble then holds every run's folds, and each crop's out-of-fold score is the mean
-            of the runs' models that did not train on it, as the ensemble will average them.
-        domain: the domain whose folds to combine ('all' for an all-domains plan).
-        target: a folder to copy the weights and manifest into as well (e.g. model/); needed for
-            several runs. One run's own folder always gets a manifest referring to its fold
-            folders, beside the out-of-fold predictions behind its threshold.
-        method: 'youden' (max balanced accuracy on the OOF labels), 'otsu' (label-free) or a number.
-        tta: the test-time views the ensemble is served with; each fold's validation crops are
-            scored again through them, so the threshold fits the scores the container makes.
+    table: Path,
+    domain_column: str | None = "cancer_type",
+    n_folds: int = 5,
+    seed: int = 0,
+) -> Plan:
+    """Leave-one-`domain_column`-out plan (None: one 'all' domain, nothing held out).
 
     Raises:
-        ModelError: unfinished folds, or folds that disagree on the input they expect.
-        InputError: runs of different plans, or several runs without a target.
+        InputError: an unknown domain column, or too few slides or domains for the split.
     """
-    runs = [Path(runs)] if isinstance(runs, str | Path) else [Path(run) for run in runs]
-    records = [read_run(run) for run in runs]
-    if len({record["plan"] for record in records}) > 1:
-        raise InputError(
-            f"runs {[str(r) for r in runs]} were trained on different plans; they cannot be mixed"
-        )
-    if len(runs) > 1 and target is None:
-        raise InputError("an ensemble of several runs needs a target folder (--out)")
-    plan = load_plan(Path(records[0]["plan"]))
-    domain = select_tasks(plan, domain=domain)[0][0]
-    dirs = [model_dir(run, domain, k) for run in runs for k in range(plan.n_folds)]
-    unfinished = [str(d) for d in dirs if not (d / RESULT).is_file()]
-    if unfinished:
-        raise ModelError(f"cannot assemble {domain!r}: unfinished folds {unfinished}")
-    members = [manifest.load(d) for d in dirs]
-    if len({member.input for member in members}) > 1:
-        raise ModelError(
-            f"cannot assemble {domain!r}: the folds expect different inputs {_inputs(dirs, members)}"
-        )
-    n = plan.n_folds
-    oof = _mean_rows(
-        [_out_of_fold_rows(plan, dirs[i : i + n], members[i : i + n], tta) for i in range(0, len(dirs), n)]
-    )
-    labels = np.array([int(row["label"]) for row in oof])
-    scores = np.array([float(row["p_atypical"]) for row in oof])
+    if domain_column is not None and domain_column not in DOMAIN_COLUMNS:
+        raise InputError(f"domain column must be one of {DOMAIN_COLUMNS} or 'all', got {domain_column!r}")
+    if domain_column is None:
+        domains = {ALL: DomainSplit(test=(), folds=group_folds(samples, n_folds=n_folds, seed=seed))}
+    else:
+        names = sorted({getattr(s, domain_column) for s in samples})
+        if len(names) < 2:
+            raise InputError(f"leave-one-out over {domain_column!r} needs >= 2 domains, found {names}")
+        domains = {}
+        for name in names:
+            rest = [s for s in samples if getattr(s, domain_column) != name]
+            test = tuple(s.id for s in samples if getattr(s, domain_column) == name)
+            domains[name] = DomainSplit(test=test, folds=group_folds(rest, n_folds=n_folds, seed=seed))
+    return Plan(str(Path(table).resolve()), sha256_of(table), domain_column, n_folds, seed, domains)
+
+
+def group_folds(samples: Sequence[Sample], *, n_folds: int, seed: int) -> tuple[tuple[str, ...], ...]:
+    """Validation ids of each fold: stratified by label, grouped by slide (by crop when unknown)."""
+    groups = [s.slide or s.id for s in samples]
+    if len(set(groups)) < n_folds:
+        raise InputError(f"{n_folds} folds need at least {n_folds} slides, found {len(set(groups))}")
+    labels = np.array([s.label for s in samples])
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds = splitter.split(np.zeros(len(samples)), labels, groups)
+    return tuple(tuple(samples[i].id for i in val) for _, val in folds)
+
+
+def save_plan(plan: Plan, path: Path) -> Path:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_json_atomic(Path(path), plan.to_dict())
+
+
+def load_plan(path: Path) -> Plan:
+    """Read a plan written by `save_plan`; a malformed file names the problem."""
+    path = Path(path)
     try:
-        threshold = choose_threshold(method, labels, scores)
-    except ValueError as error:
-        raise InputError(str(error)) from None
-    architecture = members[0].architecture
-    networks = "+".join(dict.fromkeys(member.architecture for member in members))
-    ensemble = Manifest(
-        architecture=architecture,
-        input=members[0].input,
-        folds=(),
-        threshold=Threshold(
-            threshold, f"{method} on {len(oof)} out-of-fold predictions, test-time views: {tta}"
-        ),
-        name=f"{networks}-{members[0].input.size}px-{len(members)}fold-{slug(domain)}",
-        description=f"{len(members)}-fold ensemble trained on {Path(plan.table).name} "
-        f"({_held_out(plan, domain)})",
-        tta=tta,
-        provenance={
-            "plan": file_record(Path(records[0]["plan"])),
-            "table": {"file": Path(plan.table).name, "sha256": plan.table_sha256},
-            "domain": domain,
-            "training": [recipe(TrainConfig(**record["config"])) for record in records],
-            "versions": members[0].provenance.get("versions", {}),
-            "out_of_fold": binary_metrics(labels, scores, threshold=threshold),
-            "folds": [json.loads((d / RESULT).read_text())["validation"] for d in dirs],
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
-    )
-    if len(runs) == 1:  # the run folder always holds its latest assembly
-        domain_dir = runs[0] / slug(domain)
-        write_rows(domain_dir / OOF_PREDICTIONS, oof)
-        ensemble = replace(ensemble, folds=_place_folds(dirs, members, architecture, None))
-        manifest.save(ensemble, domain_dir)
-    if target is not None:
-        ensemble = replace(ensemble, folds=_place_folds(dirs, members, architecture, Path(target)))
-        manifest.save(ensemble, target)
-    log.info("%s: %d folds, threshold %.4f (%s)", target or runs[0], len(members), threshold, method)
-    return ensemble
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format {data.get('format')!r} is not {FORMAT!r}")
+        domains = {
+            name: DomainSplit(test=tuple(d["test"]), folds=tuple(tuple(f) for f in d["folds"]))
+            for name, d in data["domains"].items()
+        }
+        return Plan(
+            data["table"],
+            data["table_sha256"],
+            data["domain_column"],
+            int(data["n_folds"]),
+            int(data["seed"]),
+            domains,
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise InputError(f"{path}: not a plan written by `amf plan` ({error})") from None
 
 
-def _inputs(dirs: list[Path], members: list[Manifest]) -> str:
-    """Each distinct input with the first fold folder that expects it."""
-    first = {m.input: d for d, m in reversed(list(zip(dirs, members, strict=True)))}
-    return "; ".join(f"{d}: {s.size} px, mean {s.mean}, std {s.std}" for s, d in first.items())
-
-
-def _mean_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Each crop's out-of-fold score averaged over runs (one run: its rows as they are)."""
-    if len(runs) == 1:
-        return runs[0]
-    scores: dict[str, list[float]] = {}
-    for rows in runs:
-        for row in rows:
-            scores.setdefault(row["id"], []).append(float(row["p_atypical"]))
-    if any(len(values) != len(runs) for values in scores.values()):
-        raise InputError("the runs' validation crops differ (images missing in one?); they cannot be mixed")
-    return [{**row, "p_atypical": repr(float(np.mean(scores[row["id"]])))} for row in runs[0]]
-
-
-def _out_of_fold_rows(
-    plan: Plan, dirs: list[Path], members: list[Manifest], tta: str
-) -> list[dict[str, Any]]:
-    """Each fold's validation predictions: as training wrote them, or scored again through `tta`."""
-    folds = [read_rows(d / VAL_PREDICTIONS) for d in dirs]
-    rows = [row for fold in folds for row in fold]
-    if tta != "none":
-        samples = plan_samples(plan)
-        crops = load_crops(check_images([samples[row["id"]] for row in rows], strict=True))
-        for d, member, fold in zip(dirs, members, folds, strict=True):
-            ensemble = Ensemble.load(member, d)
-            scores = predict_crops(ensemble, [crops[row["id"]] for row in fold], member.input, tta=tta)
-            for row, score in zip(fold, scores, strict=True):
-                row["p_atypical"] = repr(float(score))
-    return rows
-
-
-def _place_folds(
-    dirs: list[Path], members: list[Manifest], architecture: str, target: Path | None
-) -> tuple[Fold, ...]:
-    """Fold entries relative to the manifest's folder (naming a fold's architecture where it is
-    not `architecture`), copying the weights when `target` is given."""
-    folds = []
-    if target is not None:
-        target.mkdir(parents=True, exist_ok=True)
-    for k, (d, m) in enumerate(zip(dirs, members, strict=True)):
-        network = None if m.architecture == architecture else m.architecture
-        if target is None:
-            folds.append(Fold(f"{d.name}/{m.folds[0].file}", m.folds[0].sha256, network))
-            continue
-        name = f"fold{k}.safetensors"
-        shutil.copyfile(d / m.folds[0].file, target / name)
-        (target / name).chmod(0o644)
-        folds.append(Fold(name, m.folds[0].sha256, network))
-    return tuple(folds)
-
-
-def _bind_run(run_dir: Path, plan_path: Path, config: TrainConfig) -> None:
-    """Record (or check) that every model of this run folder shares one plan and one recipe."""
-    path = run_dir / RUN_FILE
-    record = {"plan": str(plan_path.resolve()), "config": asdict(config)}
-    if path.is_file():
-        saved = read_run(run_dir)
-        differs = config_differences(TrainConfig(**saved["config"]), config)
-        if saved["plan"] != record["plan"] or differs:
-            raise InputError(
-                f"{run_dir}: holds a run of {saved['plan']} with other settings {differs}; "
-                "use another run folder"
-            )
-    elif _is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        writing.write_json_atomic(path, record)
-
-
-def _held_out(plan: Plan, domain: str) -> str:
-    if plan.domain_column is None:
-        return "all domains, nothing held out"
-    return f"{plan.domain_column} {domain!r} held out"
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+def slug(domain: str) -> str:
+    """A folder name for a domain: 'canine lymphoma' -> 'canine-lymphoma'."""
+    return re.sub(r"[^a-z0-9]+", "-", domain.lower()).strip("-") or "domain"

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from amf import io, manifest, writing
+from amf import manifest, stacks, writing
 from amf.errors import AmfError, InputError, ModelError
 from amf.manifest import InputSpec
 from amf.preprocess import prepare, resize, views
@@ -101,9 +101,11 @@ def _run(input_path: Path, output_dir: Path, model_dir: Path, batch_size: int, b
     if batch_size < 1:
         raise AmfError(f"batch size must be at least 1, got {batch_size}")
     spec = manifest.load(model_dir)
-    job = io.discover(input_path)
+    job = stacks.discover(input_path)
     writing.check_output_dir(output_dir)
-    names = [name for path in job.files for name in io.page_names(path, job.root, io.count_pages(path))]
+    names = [
+        name for path in job.files for name in stacks.page_names(path, job.root, stacks.count_pages(path))
+    ]
     log.info(
         "ensemble %r from %s, views %s, threshold %.4f", spec.name, model_dir, spec.tta, spec.threshold.value
     )
@@ -124,14 +126,14 @@ def _run(input_path: Path, output_dir: Path, model_dir: Path, batch_size: int, b
     return len(records)
 
 
-def _batches(job: io.Job, spec: InputSpec, batch_size: int) -> Iterator[np.ndarray]:
+def _batches(job: stacks.Job, spec: InputSpec, batch_size: int) -> Iterator[np.ndarray]:
     """Prepared batches of all pages in order; each page is resized as soon as it is decoded.
 
     At most one decoded page and `batch_size` network-sized crops are held at a time.
     """
     crops: list[np.ndarray] = []
     for path in job.files:
-        for page in io.iter_pages(path):
+        for page in stacks.iter_pages(path):
             crops.append(resize(page, spec))
             if len(crops) == batch_size:
                 yield prepare(crops, spec)

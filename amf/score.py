@@ -27,8 +27,8 @@ import numpy as np
 from sklearn.metrics import accuracy_score, recall_score
 
 from amf.errors import InputError
-from amf.io import SLUG
 from amf.metrics import auroc
+from amf.stacks import SLUG
 from amf.writing import OUTPUT_NAME
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,9 @@ import torch
 from safetensors.torch import save_file
 
 from amf import dataset, manifest, models
-from amf.data import load_crops
 from amf.errors import ModelError
 from amf.preprocess import prepare
+from amf.training_data import load_crops
 
 log = logging.getLogger(__name__)
 

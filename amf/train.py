@@ -30,7 +30,6 @@ from torchvision.ops import sigmoid_focal_loss
 from tqdm import tqdm
 
 from amf import __version__, manifest, models, writing
-from amf.data import BalancedSampler, CropDataset, load_crops, predict_crops, write_rows
 from amf.dataset import Sample
 from amf.ensemble import Ensemble
 from amf.errors import InputError
@@ -46,6 +45,7 @@ from amf.runtime import (
     seed_everything,
     start_runtime,
 )
+from amf.training_data import BalancedSampler, CropDataset, load_crops, predict_crops, write_rows
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ time, 224 px), (2) our ensemble in PyTorch, batched, (3) our ensemble in ONNX Ru
 the shipped ensemble (model/, or a random 5 x efficientvit_m0 at 128 px while model/ has none)
 and for a random 5 x efficientvit_l2 at 256 px (the paper's). An ablation on the shipped ensemble
 says what each speed-up step buys. Nothing is asserted: it is a measurement, not a test. The
-same command runs on a GPU machine (every approach then uses CUDA).
+same command runs on a GPU machine (every approach then uses CUDA). The ensembles are built by
+bench/ensembles.py; the warm timings and the ablation run in bench/warm_timing.py's worker.
 
 Usage:
     python bench/bench_inference.py                  # ~10 min on 2 CPU cores
@@ -35,29 +36,24 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from amf import io, manifest, predict  # noqa: E402
+from ensembles import FOLDS, PAPER, random_ensemble, shipped_ensemble, synthetic_folder  # noqa: E402
+from warm_timing import worker  # noqa: E402
+
+from amf import stacks  # noqa: E402
 from amf.onnx_runtime import usable_cpus  # noqa: E402
-from amf.preprocess import prepare  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 GC_SAMPLE = SHARED / "gc-sample" / "input"
 STACK = GC_SAMPLE if GC_SAMPLE.is_dir() else ROOT / "test" / "input"  # the real sample, else ours
 AMIBR_PATCHES = SHARED / "ami-br" / "patches"
 RESULTS = ROOT / "bench" / "results"
-FOLDS = 5
-STAND_IN = ("efficientvit_m0", 128)  # while model/ holds no trained ensemble
-PAPER = ("efficientvit_l2", 256)
 L2_PARITY_CROPS = 4  # its PyTorch reference alone takes ~1.6 s per crop on 2 CPU cores
 
 log = logging.getLogger("bench")
@@ -162,208 +158,6 @@ def worker_command(
     ]
 
 
-# --- worker: warm timings inside one process ---------------------------------------------------
-
-
-def scorer(approach: str, model_dir: Path, weights: Path) -> Callable[[list[np.ndarray]], np.ndarray]:
-    """A function from uint8 pages to P(atypical), with the model loaded once."""
-    if approach == "reference":
-        from reference import Reference
-
-        return Reference(weights).predict
-    spec = manifest.load(model_dir)
-    predictor = predict.load_predictor(spec, model_dir, approach)
-    return lambda pages: predict.predict_views(predictor, prepare(pages, spec.input), spec.tta)
-
-
-def warm_seconds(run: Callable[[], object], repeats: int) -> float:
-    """Median wall time of `run` after one untimed warm-up call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def throughput(
-    score: Callable[[list[np.ndarray]], np.ndarray], files: list[Path], seconds: float
-) -> tuple[float, int]:
-    """Crops/s reading, preparing and scoring `files` 64 at a time; stops after `seconds`."""
-    done, start = 0, time.perf_counter()
-    for first in range(0, len(files), 64):
-        pages = [page for path in files[first : first + 64] for page in io.read_pages(path)]
-        score(pages)
-        done += len(pages)
-        if time.perf_counter() - start > seconds:
-            break
-    return done / (time.perf_counter() - start), done
-
-
-def worker(args: argparse.Namespace) -> None:
-    """One approach's warm time and throughput, printed as JSON for the parent."""
-    if args.worker == "ablation":
-        print(json.dumps(ablation(Path(args.model), args.stack, args.repeats)))
-        return
-    score = scorer(args.worker, Path(args.model), args.reference_weights)
-    stack_file = io.discover(args.stack).files[0]
-    warm = warm_seconds(lambda: score(io.read_pages(stack_file)), args.repeats)
-    files = list(io.discover(args.folder).files[: args.throughput_crops])
-    speed, crops = throughput(score, files, args.throughput_seconds)
-    print(json.dumps({"warm_s": warm, "throughput": speed, "crops": crops}))
-
-
-# --- ablation: what each step buys, on the shipped ensemble --------------------------------------
-
-
-def ablation(model_dir: Path, stack: Path, repeats: int) -> list[tuple[str, float, float | None]]:
-    """(setting, warm s per stack, session load s) for the settings we chose between."""
-    spec = manifest.load(model_dir)
-    batch = prepare(io.read_pages(io.discover(stack).files[0]), spec.input)
-    return [*_torch_steps(spec, model_dir, batch, repeats), *_onnx_steps(spec, model_dir, batch, repeats)]
-
-
-def _torch_steps(
-    spec: manifest.Manifest, model_dir: Path, batch: np.ndarray, repeats: int
-) -> list[tuple[str, float, None]]:
-    import copy
-
-    import torch
-
-    from amf.ensemble import Ensemble
-
-    ensemble = Ensemble.load(spec, model_dir)
-    nchw = [copy.deepcopy(m).to(memory_format=torch.contiguous_format) for m in ensemble.members]
-
-    @torch.inference_mode()
-    def contiguous() -> np.ndarray:
-        x = torch.from_numpy(batch).to(ensemble.device, ensemble.dtype)
-        return sum(torch.sigmoid(member(x).float()) for member in nchw).cpu().numpy()
-
-    threads = torch.get_num_threads()
-    steps = [
-        (
-            "one crop per call (the reference's way)",
-            threads,
-            lambda: [ensemble.predict(c[None]) for c in batch],
-        ),
-        ("stack batched, contiguous NCHW", threads, contiguous),
-        ("stack batched, channels-last (shipped)", threads, lambda: ensemble.predict(batch)),
-        ("stack batched, channels-last", 1, lambda: ensemble.predict(batch)),
-    ]
-    rows = []
-    for name, count, run in steps:
-        torch.set_num_threads(count)
-        rows.append(
-            (f"PyTorch {ensemble.device.type}, {name}, {count} thread(s)", warm_seconds(run, repeats), None)
-        )
-    torch.set_num_threads(threads)
-    return rows
-
-
-def _onnx_steps(
-    spec: manifest.Manifest, model_dir: Path, batch: np.ndarray, repeats: int
-) -> list[tuple[str, float, float]]:
-    import onnxruntime as ort
-
-    from amf.onnx_runtime import CPU, default_providers, pick_variant
-
-    providers = default_providers()
-    variants = [pick_variant(spec.onnx, on_gpu=providers[0] != CPU)]
-    if providers[0] != CPU and "fp32" in spec.onnx and variants[0] != "fp32":
-        variants.append("fp32")  # what fp16 buys on the GPU
-    level = ort.GraphOptimizationLevel
-    settings = [("off", level.ORT_DISABLE_ALL), ("basic", level.ORT_ENABLE_BASIC)]
-    settings += [("extended", level.ORT_ENABLE_EXTENDED), ("all", level.ORT_ENABLE_ALL)]
-    cpus = usable_cpus()
-    rows = []
-    for variant in variants:
-        graph = model_dir / spec.onnx[variant]["file"]
-        for name, value in settings:
-            for threads in sorted({1, cpus}) if name == "all" else [cpus]:
-                options = ort.SessionOptions()
-                options.graph_optimization_level, options.intra_op_num_threads = value, threads
-                start = time.perf_counter()
-                session = ort.InferenceSession(str(graph), options, providers=providers)
-                load = time.perf_counter() - start
-                feed = {session.get_inputs()[0].name: batch}
-                warm = warm_seconds(lambda s=session, f=feed: s.run(None, f), repeats)
-                provider = session.get_providers()[0].removesuffix("ExecutionProvider")
-                label = f"ONNX Runtime {provider}, {variant}, optimisation {name}"
-                rows.append((f"{label}, {threads} thread(s)", warm, load))
-    return rows
-
-
-# --- ensembles and inputs ------------------------------------------------------------------------
-
-
-def random_ensemble(folder: Path, architecture: str, size: int, crops: Path, parity_crops: int) -> Path:
-    """FOLDS random-weight folds of `architecture` + manifest + ONNX; reused if already built."""
-    if (folder / manifest.MANIFEST_NAME).is_file() and manifest.load(folder).onnx:
-        return folder
-    from amf import export
-
-    export.export(random_folds(folder, architecture, size), crops, max_crops=parity_crops)
-    return folder
-
-
-def random_folds(folder: Path, architecture: str, size: int) -> Path:
-    """FOLDS seeded random-weight folds of `architecture` and their manifest (no ONNX graphs)."""
-    import torch
-
-    from amf import models
-
-    folder.mkdir(parents=True, exist_ok=True)
-    folds = []
-    for fold in range(FOLDS):
-        torch.manual_seed(fold)
-        path = folder / f"fold{fold}.safetensors"
-        models.save_weights(models.create(architecture), path)
-        folds.append(manifest.Fold(path.name, manifest.sha256_of(path)))
-    spec = manifest.Manifest(
-        architecture=architecture,
-        input=models.default_input_spec(architecture, size),
-        folds=tuple(folds),
-        threshold=manifest.Threshold(0.5, "fixed (benchmark, random weights)"),
-        name=f"bench-{architecture}-{size}",
-        description="Random weights, for timing only.",
-    )
-    manifest.save(spec, folder)
-    return folder
-
-
-def shipped_ensemble(workdir: Path, crops: Path) -> tuple[Path, str]:
-    """model/ (exported to ONNX in a copy if it has no graph yet), else the random stand-in."""
-    baked = predict.BAKED_MODEL_DIR
-    if not (baked / manifest.MANIFEST_NAME).is_file():
-        folder = random_ensemble(workdir / "stand-in", *STAND_IN, crops, 16)
-        return folder, f"stand-in (model/ is empty): {FOLDS} x {STAND_IN[0]} @{STAND_IN[1]} px, random"
-    spec = manifest.load(baked)
-    label = f"shipped model/: {len(spec.folds)} x {spec.architecture} @{spec.input.size} px"
-    if spec.onnx:
-        return baked, label
-    from amf import export
-
-    folder = workdir / "shipped"
-    if not (folder / manifest.MANIFEST_NAME).is_file() or not manifest.load(folder).onnx:
-        shutil.rmtree(folder, ignore_errors=True)
-        export.export(Path(shutil.copytree(baked, folder)), crops)
-    return folder, f"{label} (ONNX exported for this run)"
-
-
-def synthetic_folder(folder: Path, count: int) -> Path:
-    """`count` 128 px PNG crops of smooth noise, for machines without AMi-Br."""
-    if len(list(folder.glob("*.png"))) >= count:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for index in range(count):
-        coarse = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-        Image.fromarray(coarse).resize((128, 128), Image.Resampling.BICUBIC).save(folder / f"{index:05d}.png")
-    return folder
-
-
 # --- report --------------------------------------------------------------------------------------
 
 
@@ -417,7 +211,7 @@ def results_table(results: list[Result]) -> list[str]:
 
 
 def report(args: argparse.Namespace, results: list[Result], steps: list, startup: dict, context: str) -> str:
-    stack_crops = len(io.read_pages(io.discover(args.stack).files[0]))
+    stack_crops = len(stacks.read_pages(stacks.discover(args.stack).files[0]))
     lines = [
         "# Inference speed: one stack, the reference approach vs our ensemble",
         "",

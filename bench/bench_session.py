@@ -24,7 +24,7 @@ from bench_inference import ROOT, STACK, emit, heading
 
 sys.path.insert(0, str(ROOT))
 
-from amf import io, manifest, onnx_runtime, predict  # noqa: E402
+from amf import manifest, onnx_runtime, predict, stacks  # noqa: E402
 from amf.preprocess import prepare  # noqa: E402
 
 KEYS = ("created", "per_input_ms", "peak")
@@ -33,7 +33,7 @@ KEYS = ("created", "per_input_ms", "peak")
 def child(model: Path, run_inputs: int) -> dict:
     """Open the session, score the stack's views in runs of `run_inputs`; times and peak RSS."""
     spec = manifest.load(model)
-    batch = prepare(io.read_pages(io.discover(STACK).files[0]), spec.input)
+    batch = prepare(stacks.read_pages(stacks.discover(STACK).files[0]), spec.input)
     started = time.perf_counter()
     ensemble = onnx_runtime.OnnxEnsemble.load(spec, model, [onnx_runtime.CPU])
     created = time.perf_counter() - started

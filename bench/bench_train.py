@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from amf import data, dataset, train  # noqa: E402
+from amf import dataset, train, training_data  # noqa: E402
 
 AMIBR = ROOT.parent / "shared" / "data" / "ami-br"
 
@@ -69,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         samples = crops(1000, Path(scratch))
         train.train(samples[64:], samples[:64], config, Path(scratch) / "model")
-        last = data.read_rows(Path(scratch) / "model" / train.METRICS)[-1]
+        last = training_data.read_rows(Path(scratch) / "model" / train.METRICS)[-1]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})"
     result = {
         "device": device,

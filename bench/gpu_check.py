@@ -38,8 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "test")]  # amf; test/synthetic_data.py for the tiny plan
 
 import bench_inference as bench  # noqa: E402
+import ensembles  # noqa: E402
+import warm_timing  # noqa: E402
 
-from amf import io, manifest, splits  # noqa: E402
+from amf import manifest, plan, stacks  # noqa: E402
 from amf.manifest import ONNX_VARIANTS, TTA_VIEWS  # noqa: E402
 from amf.predict import BAKED_MODEL_DIR, predict_views  # noqa: E402
 from amf.writing import exit_on_terminate  # noqa: E402
@@ -48,7 +50,7 @@ STACK = bench.STACK
 # Training steps with the shipped model's recipe: from scratch, efficientvit_l2's loss does not fall
 # reliably in 24 steps (measured on the CPU); its training speed is bench_train.py's job.
 TRAIN_ARCH, TRAIN_SIZE, TRAIN_LR = "efficientvit_m0", 128, "1e-3"
-TOLERANCE = 1e-2  # max |P(atypical) on CUDA - fp32 CPU|: amf.export's fp16 bound (CUDA fp32 may be TF32)
+TOLERANCE = 1e-2  # max |P(atypical) on CUDA - fp32 CPU|: amf.onnx_export's fp16 bound (CUDA fp32 may be TF32)
 ORGANISERS_S = 0.26  # the organisers' time per stack
 WARM_REPEATS = 10
 MIN_SECONDS = 30  # a check is not started with less of the budget left
@@ -107,7 +109,7 @@ def cpu_reference(folder: Path) -> tuple[manifest.Manifest, np.ndarray, np.ndarr
     import torch
 
     from amf.ensemble import Ensemble
-    from amf.export import parity_batch
+    from amf.onnx_export import parity_batch
 
     spec = manifest.load(folder)
     batch = parity_batch(STACK, spec, 16)
@@ -138,7 +140,7 @@ def check_onnx_cuda(workdir: Path) -> Row:
 
     if not onnx_runtime.cuda_loads():
         return Row(FAIL, "", "ONNX Runtime's CUDA provider cannot load (it needs CUDA 13 and cuDNN 9)")
-    folder, label = bench.shipped_ensemble(workdir, STACK)  # exports a copy when model/ has no graphs
+    folder, label = ensembles.shipped_ensemble(workdir, STACK)  # exports a copy when model/ has no graphs
     spec, batch, reference = cpu_reference(folder)
     figures, ok = [], True
     for variant in ONNX_VARIANTS:
@@ -156,13 +158,13 @@ def check_l2_speed(workdir: Path) -> Row:
     """5 x efficientvit_l2 @256 px (the paper's ensemble, random weights), PyTorch on CUDA, per stack."""
     import torch
 
-    folder = bench.random_folds(workdir / "paper-l2", *bench.PAPER)  # no ONNX: minutes for five L2
-    stack = io.discover(STACK).files[0]
+    folder = ensembles.random_folds(workdir / "paper-l2", *ensembles.PAPER)  # no ONNX: minutes for five L2
+    stack = stacks.discover(STACK).files[0]
     started = time.perf_counter()
-    score = bench.scorer("torch", folder, None)
-    crops = len(score(io.read_pages(stack)))
+    score = warm_timing.scorer("torch", folder, None)
+    crops = len(score(stacks.read_pages(stack)))
     first = time.perf_counter() - started
-    warm = bench.warm_seconds(lambda: score(io.read_pages(stack)), WARM_REPEATS)
+    warm = warm_timing.warm_seconds(lambda: score(stacks.read_pages(stack)), WARM_REPEATS)
     peak = torch.cuda.max_memory_allocated() / 2**30
     command = bench.entry_command("torch", folder, argparse.Namespace(stack=STACK, workdir=workdir))
     fresh, _ = bench.cold(command, 1, workdir)  # process start to JSON written, as grand-challenge pays
@@ -180,7 +182,7 @@ def tiny_plan(workdir: Path) -> Path:
     path = workdir / "plan.json"
     if not path.is_file():
         table, samples = make_table(workdir / "tiny")
-        splits.save_plan(splits.make_plan(samples, table=table, domain_column=None, n_folds=2), path)
+        plan.save_plan(plan.make_plan(samples, table=table, domain_column=None, n_folds=2), path)
     return path
 
 
@@ -189,13 +191,13 @@ def tiny_training(launcher: list[str], run: Path, workdir: Path, note: str) -> R
 
     Its output goes to this process's stderr, so a failure or a timeout reports its end.
     """
-    from amf import data, plan, train
+    from amf import runs, train, training_data
 
     arguments = ["-m", "amf", "train", "--plan", str(tiny_plan(workdir)), "--out", str(run), "--fold", "0"]
     arguments += ["--arch", TRAIN_ARCH, "--size", str(TRAIN_SIZE), "--pretrained", "none", "--epochs", "3"]
     arguments += ["--epoch-size", "256", "--batch-size", "32", "--lr", TRAIN_LR, "--workers", "2"]
     subprocess.run([*launcher, *arguments], cwd=ROOT, stdout=sys.stderr, check=True)
-    rows = data.read_rows(plan.model_dir(run, splits.ALL, 0) / train.METRICS)
+    rows = training_data.read_rows(runs.model_dir(run, plan.ALL, 0) / train.METRICS)
     losses = [float(row["train_loss"]) for row in rows]
     speed = float(rows[-1]["images_per_s"])
     figure = f"{note}; train loss {' > '.join(f'{x:.3f}' for x in losses)}; {speed:.0f} images/s"
@@ -311,7 +313,7 @@ def describe(name: str) -> str:
 
 
 def report(rows: dict[str, Row], command: str, seconds: float, budget: float) -> str:
-    crops = len(io.read_pages(io.discover(STACK).files[0]))
+    crops = len(stacks.read_pages(stacks.discover(STACK).files[0]))
     lines = [
         "# GPU check: the CUDA paths our CPU machines cannot test",
         "",

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from amf import models, plan  # noqa: E402
+from amf import models, runs  # noqa: E402
 from amf.train import TrainConfig  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def main() -> None:
         architecture=args.arch, size=128, epochs=3, epoch_size=640, lr=args.lr, batch_size=32,
         weight_decay=0.05, stain=0.05, soft_labels=False, workers=0, seed=0,
     )  # fmt: skip
-    plan.run_plan(args.plan, args.out, config, fold=0)
+    runs.run_plan(args.plan, args.out, config, fold=0)
 
 
 if __name__ == "__main__":

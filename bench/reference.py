@@ -3,7 +3,7 @@
 MIDOG 2025 Track 2's reference container classifies with one EfficientNetV2-M, one crop at a time
 (batch 1) at 224 px, in PyTorch. This script does the same with timm's `efficientnetv2_m`
 (random weights, two classes: speed does not depend on the values) and reads and writes through
-`amf.io`, so that only the model and its use differ from our container.
+`amf.stacks`, so that only the model and its use differ from our container.
 
 Usage: python bench/reference.py --input DIR --output DIR [--weights FILE]
 """
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from amf import io, writing  # noqa: E402
+from amf import stacks, writing  # noqa: E402
 
 ARCHITECTURE = "efficientnetv2_m"
 SIZE = 224
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    job = io.discover(args.input)
-    pages = [page for path in job.files for page in io.read_pages(path)]
+    job = stacks.discover(args.input)
+    pages = [page for path in job.files for page in stacks.read_pages(path)]
     scores = Reference(args.weights).predict(pages)
     writing.write_predictions(args.output, writing.predictions(scores, 0.5), None)
     log.info("%d crops -> %s", len(pages), args.output)

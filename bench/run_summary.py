@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from amf.data import read_rows  # noqa: E402
 from amf.train import METRICS, RESULT  # noqa: E402
+from amf.training_data import read_rows  # noqa: E402
 
 
 def summarise(run: Path) -> list[str]:

@@ -84,9 +84,9 @@ def check_differs(records: list[dict[str, Any]], other: list[dict[str, Any]], *,
 
 def count_pages(input_path: Path) -> int:
     """Pages in the input, read the way the product reads them."""
-    from amf import io
+    from amf import stacks
 
-    return sum(len(io.read_pages(path)) for path in io.discover(input_path).files)
+    return sum(len(stacks.read_pages(path)) for path in stacks.discover(input_path).files)
 
 
 def threshold_of(model_dir: Path) -> float:

@@ -25,7 +25,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from amf import io, manifest, models, predict, writing  # noqa: E402
+from amf import manifest, models, predict, stacks, writing  # noqa: E402
 
 SEED = 2025
 TEST = ROOT / "test"
@@ -84,13 +84,13 @@ def build_fixture_ensemble(folds: int = 3) -> None:
 
 def build_sample_input(pages: int = 6) -> None:
     shutil.rmtree(INPUT_DIR, ignore_errors=True)
-    folder = INPUT_DIR / "images" / io.SLUG
+    folder = INPUT_DIR / "images" / stacks.SLUG
     folder.mkdir(parents=True)
     write_stack(folder / STACK_NAME, synthetic_crops(pages, np.random.default_rng(SEED)))
     inputs = [
         {
             "image": {"name": STACK_NAME},
-            "interface": {"slug": io.SLUG, "kind": "Image", "relative_path": f"images/{io.SLUG}"},
+            "interface": {"slug": stacks.SLUG, "kind": "Image", "relative_path": f"images/{stacks.SLUG}"},
         }
     ]
     (INPUT_DIR / "inputs.json").write_text(json.dumps(inputs, indent=2) + "\n")

@@ -10,17 +10,17 @@ from conftest import shared_data
 from PIL import Image
 from synthetic_data import TINY, make_table
 
-from amf import evaluate, manifest, plan, splits
+from amf import evaluate, manifest, plan, runs
 from amf.__main__ import main
-from amf.data import read_rows
 from amf.metrics import binary_metrics, otsu_threshold
+from amf.training_data import read_rows
 
 
 def _run(root, domain_column):
     table, samples = make_table(root)
-    the_plan = splits.make_plan(samples, table=table, domain_column=domain_column, n_folds=2)
-    plan_path = splits.save_plan(the_plan, root / "plan.json")
-    plan.run_plan(plan_path, root / "run", TINY)
+    the_plan = plan.make_plan(samples, table=table, domain_column=domain_column, n_folds=2)
+    plan_path = plan.save_plan(the_plan, root / "plan.json")
+    runs.run_plan(plan_path, root / "run", TINY)
     return root / "run"
 
 

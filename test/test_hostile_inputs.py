@@ -26,7 +26,7 @@ from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT
 from make_fixtures import synthetic_crops, write_stack
 from PIL import Image
 
-from amf import io, manifest, predict, writing
+from amf import manifest, predict, stacks, writing
 
 OUTSIDE = "outside-secret.png"  # a real crop outside the input folder: reading it would succeed
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\n%%EOF\n"
@@ -36,14 +36,14 @@ def crop(seed: int = 0) -> np.ndarray:
     return synthetic_crops(1, np.random.default_rng(seed))[0]
 
 
-def gc_input(root: Path, relative_path: object = f"images/{io.SLUG}", stack: bool = True) -> Path:
+def gc_input(root: Path, relative_path: object = f"images/{stacks.SLUG}", stack: bool = True) -> Path:
     """The grand-challenge layout with one real stack; `relative_path` as inputs.json gives it."""
-    folder = root / "images" / io.SLUG
+    folder = root / "images" / stacks.SLUG
     folder.mkdir(parents=True)
     if stack:
         write_stack(folder / "stack.tif", [crop(1), crop(2)])
     (root / "inputs.json").write_text(
-        json.dumps([{"interface": {"slug": io.SLUG, "relative_path": relative_path}}])
+        json.dumps([{"interface": {"slug": stacks.SLUG, "relative_path": relative_path}}])
     )
     return root
 
@@ -124,7 +124,7 @@ INPUT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
         r"inputs\.json: not a list of input sockets",
     ),
     "inputs.json huge": (
-        gc_with(lambda t, r: (r / "inputs.json").write_text(" " * (io.MAX_INPUTS_JSON_BYTES + 1))),
+        gc_with(lambda t, r: (r / "inputs.json").write_text(" " * (stacks.MAX_INPUTS_JSON_BYTES + 1))),
         r"inputs\.json: larger than",
     ),
     "inputs.json links out": (
@@ -152,21 +152,23 @@ INPUT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
         r"elsewhere: folder named in .*inputs\.json leads outside the input folder",
     ),
     "stack links out": (
-        gc_with(lambda t, r: linked(t, outside(t), r / "images" / io.SLUG / "stack.tif"), stack=False),
+        gc_with(lambda t, r: linked(t, outside(t), r / "images" / stacks.SLUG / "stack.tif"), stack=False),
         r"stack\.tif: leads outside the input folder",
     ),
     "stack is a fifo": (
-        gc_with(lambda t, r: fifo(r / "images" / io.SLUG / "stack.tif"), stack=False),
+        gc_with(lambda t, r: fifo(r / "images" / stacks.SLUG / "stack.tif"), stack=False),
         r"stack\.tif: not a regular file",
     ),
     "stack is a folder": (
-        gc_with(lambda t, r: (r / "images" / io.SLUG / "stack.tif").mkdir(), stack=False),
+        gc_with(lambda t, r: (r / "images" / stacks.SLUG / "stack.tif").mkdir(), stack=False),
         r"stack\.tif: not a regular file",
     ),
     "no stack file": (gc_with(lambda t, r: None, stack=False), r"cropouts: no stack file"),
     "two stack files": (
         gc_with(
-            lambda t, r: shutil.copy(r / "images" / io.SLUG / "stack.tif", r / "images" / io.SLUG / "b.mha")
+            lambda t, r: shutil.copy(
+                r / "images" / stacks.SLUG / "stack.tif", r / "images" / stacks.SLUG / "b.mha"
+            )
         ),
         r"several stack files",
     ),
@@ -237,8 +239,8 @@ INPUT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
         r"x\.mha: DimSize must be",
     ),
     "mha too many pages": (
-        single("x.mha", lambda p: mha_file(p, {"DimSize": f"8 8 {io.MAX_PAGES + 1}"})),
-        rf"x\.mha: {io.MAX_PAGES + 1} pages, more than the limit",
+        single("x.mha", lambda p: mha_file(p, {"DimSize": f"8 8 {stacks.MAX_PAGES + 1}"})),
+        rf"x\.mha: {stacks.MAX_PAGES + 1} pages, more than the limit",
     ),
     "mha huge pages": (
         single("x.mha", lambda p: mha_file(p, {"DimSize": "60000 60000"})),
@@ -428,10 +430,10 @@ def test_float_and_16_bit_pages_read_like_their_8_bit_twin(tmp_path: Path) -> No
 def test_mha_pages_and_channels_follow_the_header(tmp_path: Path) -> None:
     """One RGB crop saved with channels is one page; a 3-D RGB stack is one page per z slice."""
     sitk_mha(tmp_path / "one.mha", crop(1))
-    assert len(io.read_pages(tmp_path / "one.mha")) == 1
+    assert len(stacks.read_pages(tmp_path / "one.mha")) == 1
     stack = np.stack([crop(k) for k in range(3)])
     sitk_mha(tmp_path / "stack.mha", stack)
-    np.testing.assert_array_equal(np.stack(io.read_pages(tmp_path / "stack.mha")), stack)
+    np.testing.assert_array_equal(np.stack(stacks.read_pages(tmp_path / "stack.mha")), stack)
     array = (np.arange(2 * 9 * 7, dtype=">u2").reshape(2, 9, 7) * 300).astype(">u2")
     data = array.tobytes()
     mha_file(
@@ -445,7 +447,7 @@ def test_mha_pages_and_channels_follow_the_header(tmp_path: Path) -> None:
         },
         zlib.compress(data),
     )
-    pages = io.read_pages(tmp_path / "msb.mha")
+    pages = stacks.read_pages(tmp_path / "msb.mha")
     expected = (array.astype(np.uint32) * 255 + 32767) // 65535
     np.testing.assert_array_equal(np.stack(pages)[..., 0], expected)
 
@@ -487,11 +489,11 @@ def test_no_network_and_no_program_started(tmp_path: Path, monkeypatch: pytest.M
 STREAM_SCRIPT = """
 import resource, sys
 from pathlib import Path
-from amf import io, manifest, predict
+from amf import stacks, manifest, predict
 spec = manifest.InputSpec(size=128, mean=(0.5,) * 3, std=(0.5,) * 3)
-job = io.discover(Path(sys.argv[1]))
+job = stacks.discover(Path(sys.argv[1]))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-pages = sum(io.count_pages(path) for path in job.files)
+pages = sum(stacks.count_pages(path) for path in job.files)
 crops = sum(len(batch) for batch in predict._batches(job, spec, 64))
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(pages, crops, (after - before) // 1024)

@@ -15,7 +15,7 @@ import pytest
 from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT
 from onnx import TensorProto, helper
 
-from amf import io, manifest, onnx_runtime, predict, writing
+from amf import manifest, onnx_runtime, predict, stacks, writing
 from amf.errors import ModelError
 from amf.manifest import Fold, InputSpec, Manifest, Threshold
 
@@ -216,7 +216,7 @@ def test_unreadable_graph_is_a_model_error(graph_dir: Path) -> None:
 
 
 def test_manifest_without_graph_is_a_model_error(graph_dir: Path) -> None:
-    with pytest.raises(ModelError, match="names no ONNX graph; run `python -m amf export`"):
+    with pytest.raises(ModelError, match="names no ONNX graph; run `python -m amf export-onnx`"):
         onnx_runtime.OnnxEnsemble.load(_manifest(None), graph_dir)
 
 
@@ -254,10 +254,10 @@ def test_usable_cpus_within_affinity() -> None:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from amf import export
+    from amf import onnx_export
 
     model_dir = Path(shutil.copytree(FIXTURE_ENSEMBLE, tmp_path_factory.mktemp("e2e") / "ensemble"))
-    export.export(model_dir, SAMPLE_INPUT)
+    onnx_export.export(model_dir, SAMPLE_INPUT)
     return model_dir
 
 
@@ -270,7 +270,7 @@ def reference(exported: Path) -> dict[str, np.ndarray]:
     from amf.preprocess import prepare
 
     spec = manifest.load(exported)
-    batch = prepare(io.read_pages(io.discover(SAMPLE_INPUT).files[0]), spec.input)
+    batch = prepare(stacks.read_pages(stacks.discover(SAMPLE_INPUT).files[0]), spec.input)
     ensemble = Ensemble.load(spec, exported, device=torch.device("cpu"))
     return {tta: predict.predict_views(ensemble, batch, tta) for tta in manifest.TTA_VIEWS}
 

@@ -1,198 +1,110 @@
-"""Running a plan: selection, skipping finished models, missing images, assembling the container's folder."""
+"""Plans: no slide on both sides, stratified, deterministic, leave-one-domain-out holds the domain out."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-from synthetic_data import TINY, make_table
+from conftest import shared_data
 
-from amf import manifest, plan, predict, splits
-from amf.data import read_rows
-from amf.ensemble import Ensemble
-from amf.errors import InputError, ModelError
-from amf.metrics import youden_threshold
-from amf.preprocess import prepare
-from amf.train import RESULT, VAL_PREDICTIONS
+from amf import dataset
+from amf.errors import InputError
+from amf.plan import ALL, Plan, load_plan, make_plan, save_plan, slug
 
 
-@pytest.fixture(scope="module")
-def lodo(tmp_path_factory):
-    """A leave-one-domain-out plan (2 domains x 2 folds) and a finished run of it."""
-    root = tmp_path_factory.mktemp("lodo")
-    table, samples = make_table(root)
-    the_plan = splits.make_plan(samples, table=table, domain_column="cancer_type", n_folds=2)
-    plan_path = splits.save_plan(the_plan, root / "plan.json")
-    plan.run_plan(plan_path, root / "run", TINY)
-    return root, plan_path, samples
+def _samples(n_slides: int = 40, per_slide: int = 5) -> list[dataset.Sample]:
+    rng = np.random.default_rng(1)
+    samples = []
+    for slide in range(n_slides):
+        domain = ("a", "b", "c")[slide % 3]
+        for k in range(per_slide):
+            label = int(rng.random() < 0.25)
+            samples.append(
+                dataset.Sample(f"{slide}/{k}", "x.png", label, domain, f"S{slide}", "sc", "sp", "src")
+            )
+    return samples
 
 
-def _copy_run(lodo, tmp_path):
-    return Path(shutil.copytree(lodo[0] / "run", tmp_path / "run"))
+@pytest.fixture
+def table(tmp_path):
+    samples = _samples()
+    return dataset.save_table(samples, tmp_path / "t.csv"), samples
 
 
-def test_finished_run_is_a_set_of_ensembles(lodo):
-    root, plan_path, _ = lodo
-    for domain in ("alpha", "beta"):
-        spec = manifest.load(root / "run" / domain)
-        assert [f.file for f in spec.folds] == ["fold0/weights.safetensors", "fold1/weights.safetensors"]
-    assert plan.run_plan(plan_path, root / "run", TINY) == []
+def _check_plan(plan: Plan, samples: list[dataset.Sample]) -> None:
+    """Every fold: no slide leakage; folds partition the non-held-out crops; test is one domain."""
+    by_id = {s.id: s for s in samples}
+    for domain, split in plan.domains.items():
+        kept = [
+            s.id for s in samples if plan.domain_column is None or getattr(s, plan.domain_column) != domain
+        ]
+        assert sorted(i for fold in split.folds for i in fold) == sorted(kept)
+        assert not set(split.test) & set(kept)
+        for fold in range(plan.n_folds):
+            train, val = plan.split(domain, fold)
+            assert not {by_id[i].slide for i in train} & {by_id[i].slide for i in val}
+            assert not set(train) & set(split.test)
 
 
-def test_rerun_trains_only_unfinished_models(lodo, tmp_path, caplog):
-    run = _copy_run(lodo, tmp_path)
-    (run / "alpha" / "fold0" / RESULT).unlink()
-    (run / "alpha" / "manifest.json").unlink()
-    finished = (run / "alpha" / "fold1" / RESULT).read_bytes()
-    with caplog.at_level(logging.INFO):
-        assert len(plan.run_plan(lodo[1], run, TINY, domain="alpha")) == 1
-    assert "2 models selected, 1 finished already, 1 to train" in caplog.text
-    assert (run / "alpha" / "fold1" / RESULT).read_bytes() == finished
-    assert manifest.load(run / "alpha").folds[0].file == "fold0/weights.safetensors"
+def test_leave_one_domain_out_plan(table):
+    path, samples = table
+    plan = make_plan(samples, table=path, domain_column="cancer_type", n_folds=5, seed=0)
+    assert list(plan.domains) == ["a", "b", "c"]
+    assert len(plan.tasks()) == 15
+    assert {by.cancer_type for by in samples if by.id in plan.domains["b"].test} == {"b"}
+    _check_plan(plan, samples)
 
 
-def test_assembled_folder_serves_with_the_oof_threshold(lodo, tmp_path):
-    root, _, _ = lodo
-    run = root / "run"
-    target = tmp_path / "model"
-    ensemble = plan.assemble(run, "beta", target)
-    assert sorted(p.name for p in target.iterdir()) == [
-        "fold0.safetensors",
-        "fold1.safetensors",
-        "manifest.json",
-    ]
-    oof = read_rows(run / "beta" / plan.OOF_PREDICTIONS)
-    labels = np.array([int(r["label"]) for r in oof])
-    scores = np.array([float(r["p_atypical"]) for r in oof])
-    assert ensemble.threshold.value == youden_threshold(labels, scores)
-    assert ensemble.threshold.method == f"youden on {len(oof)} out-of-fold predictions, test-time views: none"
-    assert ensemble.tta == "none"
-    assert ensemble.provenance["training"][0]["architecture"] == TINY.architecture
-    assert str(tmp_path.parents[1]) not in json.dumps(ensemble.to_dict())  # no machine's paths
-    assert manifest.load(target) == ensemble
-    in_run = manifest.load(run / "beta")  # the run folder follows its latest assembly
-    assert (in_run.threshold, in_run.tta) == (ensemble.threshold, ensemble.tta)
-    crops = root / "crops" / "alpha"
-    assert predict.run(crops, tmp_path / "out", target) == len(list(crops.iterdir()))
-    assert plan.assemble(run, "beta", tmp_path / "otsu", method="otsu").threshold.method.startswith("otsu")
-    with pytest.raises(InputError, match="must be one of"):
-        plan.assemble(run, "beta", tmp_path / "bad", method="median")
+def test_all_domains_plan_is_stratified(table):
+    path, samples = table
+    plan = make_plan(samples, table=path, domain_column=None, n_folds=5, seed=0)
+    assert list(plan.domains) == [ALL] and plan.domains[ALL].test == ()
+    _check_plan(plan, samples)
+    labels = {s.id: s.label for s in samples}
+    overall = np.mean(list(labels.values()))
+    for fold in plan.domains[ALL].folds:
+        assert np.mean([labels[i] for i in fold]) == pytest.approx(overall, abs=0.1)
 
 
-def test_assembling_with_test_time_views_rescores_each_fold_as_served(lodo, tmp_path):
-    """The threshold of a TTA ensemble is chosen on out-of-fold scores made through the same views."""
-    run = _copy_run(lodo, tmp_path)
-    plain = read_rows(run / "beta" / plan.OOF_PREDICTIONS)
-    ensemble = plan.assemble(run, "beta", tta="flips")
-    assert ensemble == manifest.load(run / "beta") and ensemble.tta == "flips"
-    assert ensemble.threshold.method.endswith("test-time views: flips")
-    rows = read_rows(run / "beta" / plan.OOF_PREDICTIONS)
-    assert [r["id"] for r in rows] == [r["id"] for r in plain]
-    fold_dir = run / "beta" / "fold1"
-    fold = manifest.load(fold_dir)
-    ids = [r["id"] for r in read_rows(fold_dir / VAL_PREDICTIONS)]
-    samples = plan.plan_samples(plan.load_run(run)[0])
-    crops = prepare([np.asarray(Image.open(samples[i].image).convert("RGB")) for i in ids], fold.input)
-    served = predict.predict_views(Ensemble.load(fold, fold_dir), crops, "flips")
-    rescored = {r["id"]: float(r["p_atypical"]) for r in rows}
-    np.testing.assert_allclose([rescored[i] for i in ids], served, rtol=1e-6)
-    scores = np.array([float(r["p_atypical"]) for r in rows])
-    assert not np.allclose(scores, [float(r["p_atypical"]) for r in plain])
-    assert ensemble.threshold.value == youden_threshold(np.array([int(r["label"]) for r in rows]), scores)
+def test_plan_is_deterministic_for_a_seed_and_round_trips(table, tmp_path):
+    path, samples = table
+    plan = make_plan(samples, table=path, domain_column=None, seed=3)
+    assert make_plan(samples, table=path, domain_column=None, seed=3) == plan
+    assert make_plan(samples, table=path, domain_column=None, seed=4) != plan
+    save_plan(plan, tmp_path / "plan.json")
+    assert load_plan(tmp_path / "plan.json") == plan
 
 
-def test_runs_of_two_architectures_make_one_mixed_ensemble(lodo, tmp_path):
-    """Both runs' folds serve together; each crop's OOF score is the mean of its two fold models."""
-    root, plan_path, _ = lodo
-    byobnet = dataclasses.replace(TINY, architecture="test_byobnet")
-    plan.run_plan(plan_path, tmp_path / "byobnet", byobnet, domain="beta")
-    target = tmp_path / "mixed"
-    ensemble = plan.assemble([root / "run", tmp_path / "byobnet"], "beta", target)
-    assert ensemble.architectures == (TINY.architecture, "test_byobnet")
-    assert [ensemble.architecture_of(f) for f in ensemble.folds] == [TINY.architecture] * 2 + [
-        "test_byobnet"
-    ] * 2
-    assert ensemble.name == "test_efficientnet+test_byobnet-32px-4fold-beta"
-    assert [r["architecture"] for r in ensemble.provenance["training"]] == [TINY.architecture, "test_byobnet"]
-    first = {r["id"]: float(r["p_atypical"]) for r in read_rows(root / "run" / "beta" / plan.OOF_PREDICTIONS)}
-    second = {
-        r["id"]: float(r["p_atypical"])
-        for r in read_rows(tmp_path / "byobnet" / "beta" / plan.OOF_PREDICTIONS)
-    }
-    mixed = np.array([(first[i] + second[i]) / 2 for i in first])
-    labels = np.array([int(r["label"]) for r in read_rows(root / "run" / "beta" / plan.OOF_PREDICTIONS)])
-    assert ensemble.threshold.value == youden_threshold(labels, mixed)
-    served = manifest.load(target)
-    assert served == ensemble
-    crops = root / "crops" / "alpha"
-    assert predict.run(crops, tmp_path / "out", target) == len(list(crops.iterdir()))
-    wider = dataclasses.replace(TINY, size=40)
-    plan.run_plan(plan_path, tmp_path / "wider", wider, domain="beta")
-    with pytest.raises(ModelError, match="the folds expect different inputs"):
-        plan.assemble([root / "run", tmp_path / "wider"], "beta", tmp_path / "refused")
-    with pytest.raises(InputError, match="needs a target folder"):
-        plan.assemble([root / "run", tmp_path / "byobnet"], "beta")
-    assert not (tmp_path / "refused").exists()
+def test_plan_errors_name_the_problem(table, tmp_path):
+    path, samples = table
+    with pytest.raises(InputError, match="domain column must be one of"):
+        make_plan(samples, table=path, domain_column="colour")
+    with pytest.raises(InputError, match="need at least 50 slides"):
+        make_plan(samples, table=path, domain_column=None, n_folds=50)
+    plan = make_plan(samples, table=path, domain_column="cancer_type")
+    with pytest.raises(InputError, match=r"choose from \['a', 'b', 'c'\]"):
+        plan.split("d", 0)
+    with pytest.raises(InputError, match="choose from 0..4"):
+        plan.split("a", 5)
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(InputError, match="not a plan"):
+        load_plan(tmp_path / "bad.json")
 
 
-def test_selection_and_settings_errors(lodo):
-    root, plan_path, _ = lodo
-    the_plan = splits.load_plan(plan_path)
-    assert plan.select_tasks(the_plan, index=3) == [("beta", 1)]
-    assert plan.select_tasks(the_plan, domain="beta", fold=0) == [("beta", 0)]
-    with pytest.raises(InputError, match=r"choose from \['alpha', 'beta'\]"):
-        plan.select_tasks(the_plan, domain="gamma")
-    with pytest.raises(InputError, match="outside the plan's 0..3"):
-        plan.select_tasks(the_plan, index=4)
-    with pytest.raises(InputError, match="other settings"):
-        plan.run_plan(plan_path, root / "run", dataclasses.replace(TINY, epochs=5))
+def test_real_amibr_scanner_plan(tmp_path):
+    samples = dataset.read_amibr(shared_data("ami-br"), split="train")
+    path = dataset.save_table(samples, tmp_path / "t.csv")
+    plan = make_plan(samples, table=path, domain_column="scanner")
+    assert list(plan.domains) == ["Aperio CS2", "Hamamatsu S360", "Hamamatsu XR", "TUPAC16"]
+    _check_plan(plan, samples)
+    labels = {s.id: s.label for s in samples}
+    for split in plan.domains.values():
+        kept = [labels[i] for fold in split.folds for i in fold]
+        for fold in split.folds:  # whole slides move together, so the match is close, not exact
+            assert np.mean([labels[i] for i in fold]) == pytest.approx(np.mean(kept), abs=0.05)
 
 
-def test_missing_images_are_excluded_or_fatal(lodo, tmp_path, caplog):
-    root, plan_path, samples = lodo
-    moved = tmp_path / "moved.png"
-    shutil.move(samples[0].image, moved)
-    try:
-        with pytest.raises(InputError, match="1 of .* image files missing"):
-            plan.run_plan(plan_path, tmp_path / "strict", TINY, index=2, strict=True)
-        with caplog.at_level(logging.WARNING):
-            plan.run_plan(plan_path, tmp_path / "lenient", TINY, domain="beta", fold=0)
-        assert "image files missing" in caplog.text
-        rows = read_rows(tmp_path / "lenient" / "beta" / "fold0" / "val_predictions.csv")
-        assert samples[0].id not in {r["id"] for r in rows}
-    finally:
-        shutil.move(moved, samples[0].image)
-
-
-def test_unfinished_domain_and_changed_table_are_refused(lodo, tmp_path):
-    root, plan_path, _ = lodo
-    run = _copy_run(lodo, tmp_path)
-    (run / "beta" / "fold1" / RESULT).unlink()
-    with pytest.raises(ModelError, match="unfinished folds"):
-        plan.assemble(run, "beta")
-    changed = json.loads(plan_path.read_text()) | {"table_sha256": "0" * 64}
-    (tmp_path / "plan.json").write_text(json.dumps(changed))
-    with pytest.raises(InputError, match="changed since the plan was made"):
-        plan.run_plan(tmp_path / "plan.json", tmp_path / "other", TINY)
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "{not json",
-        "[" * 50_000,
-        '{"plan": 3, "config": {}}',
-        '{"plan": "p.json", "config": {"colour": 1}}',
-        "[]",
-    ],
-)
-def test_malformed_run_record_is_one_input_error(tmp_path: Path, text: str) -> None:
-    (tmp_path / plan.RUN_FILE).write_text(text)
-    with pytest.raises(InputError, match=r"run\.json: malformed run record"):
-        plan.load_run(tmp_path)
+def test_slug():
+    assert slug("Hamamatsu S360") == "hamamatsu-s360"
+    assert slug("canine cutaneous mast cell tumor") == "canine-cutaneous-mast-cell-tumor"

@@ -16,7 +16,7 @@ from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT, shared_data
 from make_fixtures import expected_model_dir, synthetic_crops, write_stack
 from PIL import Image
 
-from amf import io, manifest, predict, writing
+from amf import manifest, predict, stacks, writing
 
 TOLERANCE = 1e-4  # absolute, on confidences, between machines and library builds
 
@@ -94,7 +94,7 @@ def test_single_stack_file_with_many_pages(tmp_path: Path) -> None:
 def test_one_page_stack(tmp_path: Path) -> None:
     root = tmp_path / "in"
     shutil.copytree(SAMPLE_INPUT, root)
-    stack = next((root / "images" / io.SLUG).iterdir())
+    stack = next((root / "images" / stacks.SLUG).iterdir())
     write_stack(stack, synthetic_crops(1, np.random.default_rng(3)))
     assert predict.run(root, tmp_path / "out", FIXTURE_ENSEMBLE) == 1
     assert_contract(tmp_path / "out", 1, 0.5)
@@ -109,7 +109,7 @@ def broken_inputs(tmp_path: Path) -> dict[str, tuple[Path, Path, str]]:
     def variant(name: str, change) -> Path:
         root = tmp_path / name
         shutil.copytree(SAMPLE_INPUT, root)
-        change(root, root / "images" / io.SLUG)
+        change(root, root / "images" / stacks.SLUG)
         return root
 
     cases["no inputs.json"] = (

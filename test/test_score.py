@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
 
-from amf import io, score, writing
+from amf import score, stacks, writing
 from amf.__main__ import main
 from amf.errors import InputError
 
@@ -69,7 +69,7 @@ def test_grand_challenge_layout(tmp_path, truth):
         jobs.append(
             {
                 "pk": f"job{k}",
-                "inputs": [{"image": {"name": image}, "interface": {"slug": io.SLUG}}],
+                "inputs": [{"image": {"name": image}, "interface": {"slug": stacks.SLUG}}],
                 "outputs": [
                     {
                         "interface": {

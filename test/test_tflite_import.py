@@ -12,7 +12,7 @@ from conftest import ROOT, SAMPLE_INPUT, shared
 from PIL import Image
 from safetensors.torch import load_file
 
-from amf import io, models, tflite_import
+from amf import models, stacks, tflite_import
 from amf.errors import ModelError
 from amf.preprocess import prepare
 
@@ -20,7 +20,7 @@ PRETRAINED = ROOT / "resources" / "pretrained"
 V2 = PRETRAINED / "mobilenet_v2_1.0_224_quant.tflite"
 V1 = PRETRAINED / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
 LABELS = (PRETRAINED / "imagenet_labels.txt").read_text().splitlines()  # line 0: background
-STACK = SAMPLE_INPUT / "images" / io.SLUG / "stack_fixture.tiff"
+STACK = SAMPLE_INPUT / "images" / stacks.SLUG / "stack_fixture.tiff"
 
 
 def imported(tmp_path: Path, source: Path, architecture: str, **calibration) -> torch.nn.Module:
@@ -73,7 +73,7 @@ def test_v2_names_the_photos_and_agrees_with_the_int8_graph(
 def test_v1_embeddings_agree_with_the_int8_graph(tmp_path: Path) -> None:
     model = imported(tmp_path, V1, "tf_mobilenetv1_100")
     spec = models.default_input_spec("tf_mobilenetv1_100", 224)
-    for page in io.read_pages(STACK)[:3]:
+    for page in stacks.read_pages(STACK)[:3]:
         theirs = tflite_output(V1, page)
         with torch.no_grad():
             features = model.forward_features(torch.from_numpy(prepare([page], spec)))
@@ -99,7 +99,7 @@ def test_recalibrated_batchnorm_keeps_the_function_and_holds_real_statistics() -
 
 
 def test_import_records_provenance_and_fine_tunes(tmp_path: Path) -> None:
-    crops = io.read_pages(STACK)
+    crops = stacks.read_pages(STACK)
     out = tmp_path / "v2.safetensors"
     metadata = tflite_import.import_tflite(V2, "tf_mobilenetv2_100", out, crops=crops, size=64)
     assert metadata["source_sha256"] == "7aad0c74c5e3c06e5eb3c827e13304fdd68a83da6087d92ee169c24ff9fd4776"

@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 from synthetic_data import TINY, make_samples, make_table
 
-from amf import data, manifest, splits, train
+from amf import manifest, plan, train, training_data
 from amf.ensemble import Ensemble
 from amf.errors import InputError
 from amf.preprocess import prepare
@@ -36,12 +36,12 @@ def test_trained_folder_is_an_ensemble_the_container_loads(samples, tmp_path):
     spec = manifest.load(tmp_path)
     assert spec.architecture == "test_efficientnet" and spec.input.size == 32
     assert spec.provenance["config"] == dataclasses.asdict(TINY)
-    rows = data.read_rows(tmp_path / train.VAL_PREDICTIONS)
+    rows = training_data.read_rows(tmp_path / train.VAL_PREDICTIONS)
     assert [r["id"] for r in rows] == [s.id for s in val_samples]
-    crops = data.load_crops(val_samples)
+    crops = training_data.load_crops(val_samples)
     served = Ensemble.load(spec, tmp_path).predict(prepare([crops[s.id] for s in val_samples], spec.input))
     np.testing.assert_allclose([float(r["p_atypical"]) for r in rows], served, rtol=1e-6)
-    assert len(data.read_rows(tmp_path / train.METRICS)) == TINY.epochs
+    assert len(training_data.read_rows(tmp_path / train.METRICS)) == TINY.epochs
     assert result["validation"]["roc_auc"] > 0.5 and result["n_train"] == 24
     assert train.train(train_samples, val_samples, TINY, tmp_path) == result  # finished: not retrained
 
@@ -67,7 +67,7 @@ def test_killed_run_resumes_to_the_same_model(samples, tmp_path, monkeypatch):
     for name in ("weights.safetensors", "val_predictions.csv"):
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes()
     losses = [
-        [r["val_auroc"] for r in data.read_rows(tmp_path / run / train.METRICS)]
+        [r["val_auroc"] for r in training_data.read_rows(tmp_path / run / train.METRICS)]
         for run in ("whole", "killed")
     ]
     assert losses[0] == losses[1] and len(losses[0]) == 3
@@ -81,7 +81,7 @@ def test_a_network_that_does_not_learn_is_reported(samples, tmp_path, caplog):
         train.train(*_split(samples), frozen, tmp_path / "frozen")
     assert "frozen: after the first epoch the training loss" in caplog.text
     assert "the network is not learning" in caplog.text
-    (row,) = data.read_rows(tmp_path / "frozen" / train.METRICS)
+    (row,) = training_data.read_rows(tmp_path / "frozen" / train.METRICS)
     assert float(row["train_loss"]) >= 0.98 * float(row["chance_loss"])
 
 
@@ -96,8 +96,8 @@ def test_settings_are_validated(samples, tmp_path):
 def test_torchrun_trains_data_parallel_on_cpu(tmp_path):
     """Two gloo processes on the CPU: one model, written once, loadable like any other."""
     table, samples = make_table(tmp_path, domains=("alpha",))
-    plan_path = splits.save_plan(
-        splits.make_plan(samples, table=table, domain_column=None, n_folds=2), tmp_path / "p.json"
+    plan_path = plan.save_plan(
+        plan.make_plan(samples, table=table, domain_column=None, n_folds=2), tmp_path / "p.json"
     )
     tiny = [
         "--arch",

@@ -39,7 +39,7 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
-from amf import io, manifest, models, onnx_runtime
+from amf import manifest, models, onnx_runtime, stacks
 from amf.ensemble import Ensemble
 from amf.errors import ModelError
 from amf.preprocess import prepare
@@ -136,8 +136,8 @@ def export(
 def parity_batch(crops: Path, spec: manifest.Manifest, max_crops: int) -> np.ndarray:
     """Up to `max_crops` real crops from `crops`, prepared exactly as inference prepares them."""
     pages: list[np.ndarray] = []
-    for path in io.discover(crops).files:
-        pages += io.read_pages(path)
+    for path in stacks.discover(crops).files:
+        pages += stacks.read_pages(path)
         if len(pages) >= max_crops:
             break
     return prepare(pages[:max_crops], spec.input)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from synthetic_data import TINY, make_samples
 
-from amf import data, manifest, models
+from amf import manifest, models, training_data
 from amf.ensemble import Ensemble
 from amf.errors import InputError
 from amf.preprocess import dihedral, prepare
@@ -19,22 +19,24 @@ def samples(tmp_path_factory):
 
 def test_balanced_sampler_is_seeded_balanced_and_split_across_ranks():
     labels = np.array([0] * 90 + [1] * 10)
-    sampler = data.BalancedSampler(labels, num_samples=4000, seed=0)
+    sampler = training_data.BalancedSampler(labels, num_samples=4000, seed=0)
     draws = [i for i, _ in sampler]
     assert 0.45 < labels[draws].mean() < 0.55
-    assert draws == [i for i, _ in data.BalancedSampler(labels, num_samples=4000, seed=0)]
+    assert draws == [i for i, _ in training_data.BalancedSampler(labels, num_samples=4000, seed=0)]
     sampler.epoch = 1
     assert draws != [i for i, _ in sampler]
-    ranks = [list(data.BalancedSampler(labels, num_samples=11, seed=0, rank=r, world=2)) for r in (0, 1)]
+    ranks = [
+        list(training_data.BalancedSampler(labels, num_samples=11, seed=0, rank=r, world=2)) for r in (0, 1)
+    ]
     assert sorted(k for rank in ranks for _, k in rank) == list(range(10))
     assert [i for i, _ in sorted(ranks[0] + ranks[1], key=lambda d: d[1])] == draws[:10]
 
 
 def test_augmentation_is_seeded_by_epoch_and_draw(samples):
-    crops = data.load_crops(samples[:2])
+    crops = training_data.load_crops(samples[:2])
     targets = np.array([s.soft_label for s in samples[:2]], dtype=np.float32)
     spec = models.default_input_spec(TINY.architecture, TINY.size)
-    dataset = data.CropDataset(list(crops.values()), targets, spec, stain=0.05, seed=0)
+    dataset = training_data.CropDataset(list(crops.values()), targets, spec, stain=0.05, seed=0)
     first, target = dataset[(0, 5)]
     assert first.shape == (3, 32, 32) and target.item() == pytest.approx(samples[0].soft_label)
     assert np.array_equal(first.numpy(), dataset[(0, 5)][0].numpy())
@@ -47,10 +49,10 @@ def test_predict_crops_averages_the_tta_views(fixture_ensemble):
     spec = manifest.load(fixture_ensemble)
     ensemble = Ensemble.load(spec, fixture_ensemble)
     crops = list(np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8))
-    plain = data.predict_crops(ensemble, crops, spec.input, batch_size=2)
+    plain = training_data.predict_crops(ensemble, crops, spec.input, batch_size=2)
     np.testing.assert_allclose(plain, ensemble.predict(prepare(crops, spec.input)))
-    flips = data.predict_crops(ensemble, crops, spec.input, tta="flips")
+    flips = training_data.predict_crops(ensemble, crops, spec.input, tta="flips")
     views = [ensemble.predict(prepare([dihedral(c, k) for c in crops], spec.input)) for k in (0, 2, 4, 6)]
     np.testing.assert_allclose(flips, np.mean(views, axis=0))
     with pytest.raises(InputError, match="none"):
-        data.predict_crops(ensemble, crops, spec.input, tta="all")
+        training_data.predict_crops(ensemble, crops, spec.input, tta="all")

@@ -1,4 +1,4 @@
-"""amf.io: every input layout, every pixel format, every input error, and the output writer."""
+"""amf.stacks: every input layout, every pixel format, every input error, and the output writer."""
 
 from __future__ import annotations
 
@@ -11,16 +11,19 @@ import SimpleITK as sitk
 from conftest import SAMPLE_INPUT, shared_data
 from PIL import Image
 
-from amf import io
+from amf import stacks
 from amf.errors import InputError
 
 
-def gc_layout(root: Path, stacks: dict[str, bytes] | None = None, slug: str = io.SLUG) -> Path:
-    folder = root / "images" / io.SLUG
+def gc_layout(root: Path, files: dict[str, bytes] | None = None, slug: str = stacks.SLUG) -> Path:
+    folder = root / "images" / stacks.SLUG
     folder.mkdir(parents=True)
-    for name, data in (stacks or {}).items():
+    for name, data in (files or {}).items():
         (folder / name).write_bytes(data)
-    entry = {"image": {"name": "x.tiff"}, "interface": {"slug": slug, "relative_path": f"images/{io.SLUG}"}}
+    entry = {
+        "image": {"name": "x.tiff"},
+        "interface": {"slug": slug, "relative_path": f"images/{stacks.SLUG}"},
+    }
     (root / "inputs.json").write_text(json.dumps([entry]))
     return root
 
@@ -34,23 +37,23 @@ def tiff_bytes(tmp_path: Path, pages: int = 2) -> bytes:
 
 
 def test_discover_grand_challenge_sample() -> None:
-    job = io.discover(SAMPLE_INPUT)
+    job = stacks.discover(SAMPLE_INPUT)
     assert job.grand_challenge
     assert [p.name for p in job.files] == ["stack_fixture.tiff"]
-    assert len(io.read_pages(job.files[0])) == 6
+    assert len(stacks.read_pages(job.files[0])) == 6
 
 
 @pytest.mark.parametrize("name", ["stack.TIF", "a.tiff", "uuid-1234.Tiff"])
 def test_grand_challenge_globs_any_name_and_case(tmp_path: Path, name: str) -> None:
     gc_layout(tmp_path, {name: tiff_bytes(tmp_path)})
-    assert io.discover(tmp_path).files[0].name == name
+    assert stacks.discover(tmp_path).files[0].name == name
 
 
 def test_grand_challenge_reads_mha(tmp_path: Path) -> None:
     gc_layout(tmp_path)
     image = sitk.GetImageFromArray(np.zeros((3, 20, 20, 3), np.uint8), isVector=True)
-    sitk.WriteImage(image, str(tmp_path / "images" / io.SLUG / "upload.mha"))
-    pages = io.read_pages(io.discover(tmp_path).files[0])
+    sitk.WriteImage(image, str(tmp_path / "images" / stacks.SLUG / "upload.mha"))
+    pages = stacks.read_pages(stacks.discover(tmp_path).files[0])
     assert len(pages) == 3 and pages[0].shape == (20, 20, 3)
 
 
@@ -58,43 +61,43 @@ def test_missing_inputs_json(tmp_path: Path) -> None:
     gc_layout(tmp_path, {"s.tif": tiff_bytes(tmp_path)})
     (tmp_path / "inputs.json").unlink()
     with pytest.raises(InputError, match=r"inputs\.json: missing"):
-        io.discover(tmp_path)
+        stacks.discover(tmp_path)
 
 
 def test_unknown_slug(tmp_path: Path) -> None:
     gc_layout(tmp_path, {"s.tif": tiff_bytes(tmp_path)}, slug="some-other-socket")
     with pytest.raises(InputError, match="no input with slug 'stacked-histopathology-roi-cropouts'"):
-        io.discover(tmp_path)
+        stacks.discover(tmp_path)
 
 
 def test_malformed_inputs_json(tmp_path: Path) -> None:
     gc_layout(tmp_path, {"s.tif": tiff_bytes(tmp_path)})
     (tmp_path / "inputs.json").write_text("{not json")
     with pytest.raises(InputError, match="inputs.json: not a list of input sockets"):
-        io.discover(tmp_path)
+        stacks.discover(tmp_path)
 
 
 def test_no_stack_file(tmp_path: Path) -> None:
     gc_layout(tmp_path, {"notes.txt": b"hello"})
     with pytest.raises(InputError, match="no stack file"):
-        io.discover(tmp_path)
+        stacks.discover(tmp_path)
 
 
 def test_several_stack_files(tmp_path: Path) -> None:
     data = tiff_bytes(tmp_path)
     gc_layout(tmp_path, {"a.tif": data, "b.tiff": data})
     with pytest.raises(InputError, match=r"several stack files.*a\.tif.*b\.tiff"):
-        io.discover(tmp_path)
+        stacks.discover(tmp_path)
 
 
 def test_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no crops found"):
-        io.discover(tmp_path)
+        stacks.discover(tmp_path)
 
 
 def test_missing_path(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such file or folder"):
-        io.discover(tmp_path / "nope")
+        stacks.discover(tmp_path / "nope")
 
 
 def test_folder_of_crops_is_recursive_sorted_and_skips_hidden(tmp_path: Path) -> None:
@@ -104,7 +107,7 @@ def test_folder_of_crops_is_recursive_sorted_and_skips_hidden(tmp_path: Path) ->
             (tmp_path / rel).write_text("x")
         else:
             Image.new("RGB", (8, 8)).save(tmp_path / rel, format="PNG" if "png" in rel.lower() else "JPEG")
-    job = io.discover(tmp_path)
+    job = stacks.discover(tmp_path)
     assert not job.grand_challenge
     assert [p.relative_to(tmp_path).as_posix() for p in job.files] == ["a.PNG", "b/10.jpg", "b/2.png"]
 
@@ -112,10 +115,10 @@ def test_folder_of_crops_is_recursive_sorted_and_skips_hidden(tmp_path: Path) ->
 def test_single_file_input(tmp_path: Path) -> None:
     path = tmp_path / "one.tif"
     path.write_bytes(tiff_bytes(tmp_path, pages=3))
-    job = io.discover(path)
+    job = stacks.discover(path)
     assert job.files == (path,) and job.root == tmp_path and not job.grand_challenge
-    assert io.page_names(path, job.root, 3) == ["one.tif#0", "one.tif#1", "one.tif#2"]
-    assert io.page_names(path, job.root, 1) == ["one.tif"]
+    assert stacks.page_names(path, job.root, 3) == ["one.tif#0", "one.tif#1", "one.tif#2"]
+    assert stacks.page_names(path, job.root, 1) == ["one.tif"]
 
 
 @pytest.mark.parametrize(
@@ -125,35 +128,35 @@ def test_single_file_input(tmp_path: Path) -> None:
 def test_pillow_modes_become_rgb_uint8(tmp_path: Path, mode: str, value) -> None:
     path = tmp_path / f"crop_{mode}.{'tif' if mode == 'CMYK' else 'png'}"
     Image.new(mode, (30, 20), value).save(path)
-    (page,) = io.read_pages(path)
+    (page,) = stacks.read_pages(path)
     assert page.shape == (20, 30, 3) and page.dtype == np.uint8
 
 
 def test_rgba_drops_alpha_and_gray_repeats(tmp_path: Path) -> None:
     Image.new("RGBA", (4, 4), (10, 20, 30, 0)).save(tmp_path / "a.png")
     Image.new("L", (4, 4), 77).save(tmp_path / "g.png")
-    assert io.read_pages(tmp_path / "a.png")[0][0, 0].tolist() == [10, 20, 30]
-    assert io.read_pages(tmp_path / "g.png")[0][0, 0].tolist() == [77, 77, 77]
+    assert stacks.read_pages(tmp_path / "a.png")[0][0, 0].tolist() == [10, 20, 30]
+    assert stacks.read_pages(tmp_path / "g.png")[0][0, 0].tolist() == [77, 77, 77]
 
 
 def test_16_bit_gray_is_scaled_not_clipped(tmp_path: Path) -> None:
     array = np.full((16, 16), 65535, np.uint16)
     array[0, 0] = 0
     Image.fromarray(array).save(tmp_path / "deep.png")
-    (page,) = io.read_pages(tmp_path / "deep.png")
+    (page,) = stacks.read_pages(tmp_path / "deep.png")
     assert page[1, 1].tolist() == [255, 255, 255] and page[0, 0].tolist() == [0, 0, 0]
 
 
 def test_16_bit_rgb_mha(tmp_path: Path) -> None:
     array = np.full((2, 8, 8, 3), 257 * 100, np.uint16)
     sitk.WriteImage(sitk.GetImageFromArray(array, isVector=True), str(tmp_path / "s.mha"))
-    pages = io.read_pages(tmp_path / "s.mha")
+    pages = stacks.read_pages(tmp_path / "s.mha")
     assert len(pages) == 2 and pages[0].dtype == np.uint8 and pages[0][0, 0].tolist() == [100, 100, 100]
 
 
 def test_gray_mha_single_page(tmp_path: Path) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(np.full((9, 7), 3, np.uint8)), str(tmp_path / "g.mha"))
-    (page,) = io.read_pages(tmp_path / "g.mha")
+    (page,) = stacks.read_pages(tmp_path / "g.mha")
     assert page.shape == (9, 7, 3)
 
 
@@ -168,43 +171,43 @@ def test_gray_mha_single_page(tmp_path: Path) -> None:
     ],
 )
 def test_to_rgb_uint8_types(array: np.ndarray, expected: int) -> None:
-    page = io.to_rgb_uint8(array, source="x")
+    page = stacks.to_rgb_uint8(array, source="x")
     assert page.dtype == np.uint8 and page.shape == (2, 2, 3) and page[0, 0, 0] == expected
 
 
 def test_to_rgb_uint8_rejects_nan_and_bad_shapes() -> None:
     with pytest.raises(InputError, match="x: page contains NaN"):
-        io.to_rgb_uint8(np.full((2, 2), np.nan), source="x")
+        stacks.to_rgb_uint8(np.full((2, 2), np.nan), source="x")
     with pytest.raises(InputError, match=r"x: unsupported page shape \(2, 2, 5\)"):
-        io.to_rgb_uint8(np.zeros((2, 2, 5), np.uint8), source="x")
+        stacks.to_rgb_uint8(np.zeros((2, 2, 5), np.uint8), source="x")
 
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")  # Pillow on the cut TIFF
 def test_corrupt_and_truncated_images_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "junk.tif").write_bytes(b"II*\x00 this is not a tiff")
     with pytest.raises(InputError, match=r"junk\.tif: cannot read image"):
-        io.read_pages(tmp_path / "junk.tif")
+        stacks.read_pages(tmp_path / "junk.tif")
     data = tiff_bytes(tmp_path)
     (tmp_path / "cut.tif").write_bytes(data[: len(data) // 3])
     with pytest.raises(InputError, match=r"cut\.tif: cannot read image"):
-        io.read_pages(tmp_path / "cut.tif")
+        stacks.read_pages(tmp_path / "cut.tif")
     (tmp_path / "empty.mha").write_bytes(b"")
     with pytest.raises(InputError, match=r"empty\.mha: no ElementDataFile line"):
-        io.read_pages(tmp_path / "empty.mha")
+        stacks.read_pages(tmp_path / "empty.mha")
 
 
 def test_float_pages_outside_0_1_are_refused_not_guessed() -> None:
     page = np.full((2, 2), 0.5, np.float32)
     page[0, 0] = 1.5  # one bright pixel used to switch the whole page to a 0-255 reading
     with pytest.raises(InputError, match=r"x: float pixels must lie in \[0, 1\], found \[0.5, 1.5\]"):
-        io.to_rgb_uint8(page, source="x")
+        stacks.to_rgb_uint8(page, source="x")
     with pytest.raises(InputError, match="x: integer pixels must lie in 0-65535"):
-        io.to_rgb_uint8(np.full((2, 2), -1, np.int16), source="x")
+        stacks.to_rgb_uint8(np.full((2, 2), -1, np.int16), source="x")
 
 
 def test_real_challenge_sample_reads_16_rgb_pages() -> None:
-    job = io.discover(shared_data("gc-sample", "input"))
-    pages = io.read_pages(job.files[0])
+    job = stacks.discover(shared_data("gc-sample", "input"))
+    pages = stacks.read_pages(job.files[0])
     assert len(pages) == 16 and all(p.shape == (128, 128, 3) and p.dtype == np.uint8 for p in pages)
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(job.files[0])))
     np.testing.assert_array_equal(np.stack(pages), reference)

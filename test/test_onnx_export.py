@@ -1,4 +1,4 @@
-"""amf.export: one ONNX graph per variant, checked against the PyTorch ensemble, or nothing written."""
+"""amf.onnx_export: one ONNX graph per variant, checked against the PyTorch ensemble, or nothing written."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT
 
-from amf import export, manifest, models, onnx_runtime
+from amf import manifest, models, onnx_export, onnx_runtime
 from amf.__main__ import main
 from amf.ensemble import Ensemble
 from amf.errors import ModelError
@@ -28,13 +28,15 @@ def _copy_fixture(folder: Path) -> Path:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The committed 3-fold fixture ensemble (test_efficientnet, 64 px), exported by the CLI."""
     model_dir = _copy_fixture(tmp_path_factory.mktemp("exported"))
-    status = main(["export", "--model", str(model_dir), "--crops", str(SAMPLE_INPUT), "--exporter", "dynamo"])
+    status = main(
+        ["export-onnx", "--model", str(model_dir), "--crops", str(SAMPLE_INPUT), "--exporter", "dynamo"]
+    )
     assert status == 0
     return model_dir
 
 
 def _session(model_dir: Path, variant: str) -> onnx_runtime.OnnxEnsemble:
-    path = model_dir / export.FILES[variant]
+    path = model_dir / onnx_export.FILES[variant]
     return onnx_runtime.OnnxEnsemble(onnx_runtime.open_session(path, [onnx_runtime.CPU]))
 
 
@@ -45,14 +47,14 @@ def test_export_records_checked_graphs_in_manifest(exported: Path) -> None:
         entry = record[variant]
         assert entry["exporter"] == "dynamo"
         assert entry["sha256"] == manifest.sha256_of(exported / entry["file"])
-        assert 0 <= entry["max_abs_diff"] <= entry["tolerance"] == export.TOLERANCE[variant]
+        assert 0 <= entry["max_abs_diff"] <= entry["tolerance"] == onnx_export.TOLERANCE[variant]
     assert not list(exported.glob(".onnx-export-*")), "temporary folder left behind"
 
 
 @pytest.mark.parametrize("count", [1, 2, 6, 13])
 def test_fp32_graph_matches_pytorch_at_any_batch_size(exported: Path, count: int) -> None:
     spec = manifest.load(exported)
-    crops = export.parity_batch(SAMPLE_INPUT, spec, max_crops=16)
+    crops = onnx_export.parity_batch(SAMPLE_INPUT, spec, max_crops=16)
     batch = np.resize(crops, (count, *crops.shape[1:]))  # repeats the 6 real crops as needed
     expected = Ensemble.load(spec, exported, device=torch.device("cpu")).predict(batch)
     predicted = _session(exported, "fp32").predict(batch)
@@ -62,7 +64,7 @@ def test_fp32_graph_matches_pytorch_at_any_batch_size(exported: Path, count: int
 
 def test_fp16_graph_is_close(exported: Path) -> None:
     spec = manifest.load(exported)
-    batch = export.parity_batch(SAMPLE_INPUT, spec, max_crops=16)
+    batch = onnx_export.parity_batch(SAMPLE_INPUT, spec, max_crops=16)
     np.testing.assert_allclose(
         _session(exported, "fp16").predict(batch), _session(exported, "fp32").predict(batch), atol=1e-2
     )
@@ -72,9 +74,9 @@ def test_graph_is_one_trace_per_fold_with_weights_stored_as_fp16(exported: Path)
     """fp32: the folds' copies of one trace, averaged, every weight stored as fp16 (the folds'
     safetensors are fp16, so nothing is lost) behind a Cast to fp32; fp16: fp16 weights as
     traced; neither holds the exporter's per-node notes, which name this machine's paths."""
-    fp32, fp16 = (onnx.load(str(exported / export.FILES[v])) for v in ("fp32", "fp16"))
+    fp32, fp16 = (onnx.load(str(exported / onnx_export.FILES[v])) for v in ("fp32", "fp16"))
     (mean,) = [node for node in fp32.graph.node if node.op_type == "Mean"]
-    assert list(mean.output) == [export.OUTPUT_NAME] and len(mean.input) == 3
+    assert list(mean.output) == [onnx_export.OUTPUT_NAME] and len(mean.input) == 3
     casts = {node.output[0]: node.input[0] for node in fp32.graph.node if node.op_type == "Cast"}
     stored = {i.name: i.data_type for i in fp32.graph.initializer}
     weights = [node.input[1] for node in fp32.graph.node if node.op_type == "Conv"]
@@ -83,7 +85,7 @@ def test_graph_is_one_trace_per_fold_with_weights_stored_as_fp16(exported: Path)
     weights = [i.data_type for i in fp16.graph.initializer if i.name in convolutions]
     assert weights and set(weights) == {onnx.TensorProto.FLOAT16}
     for variant in ("fp32", "fp16"):
-        assert str(ROOT).encode() not in (exported / export.FILES[variant]).read_bytes()
+        assert str(ROOT).encode() not in (exported / onnx_export.FILES[variant]).read_bytes()
 
 
 def test_only_constants_fp16_holds_exactly_are_stored_as_fp16() -> None:
@@ -95,7 +97,7 @@ def test_only_constants_fp16_holds_exactly_are_stored_as_fp16() -> None:
         [onnx.helper.make_tensor_value_info("sum", onnx.TensorProto.FLOAT, [3])],
         [onnx.numpy_helper.from_array(exact, "exact"), onnx.numpy_helper.from_array(inexact, "inexact")],
     )
-    stored = export._exact_fp16_storage(
+    stored = onnx_export._exact_fp16_storage(
         onnx.helper.make_model(graph, ir_version=10, opset_imports=[onnx.helper.make_opsetid("", 18)])
     )
     kinds = {i.name: i.data_type for i in stored.graph.initializer}
@@ -106,7 +108,7 @@ def test_only_constants_fp16_holds_exactly_are_stored_as_fp16() -> None:
 
 def test_trace_constant_that_is_no_fold_weight_is_refused() -> None:
     """A constant baked into the trace (a cache of one fold) must not be shared by every fold."""
-    fold = export._Member(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1)), torch.float32)
+    fold = onnx_export._Member(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1)), torch.float32)
     weight = fold.model[0].weight.detach().numpy()
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Conv", ["crops", "model.0.weight"], ["p"])],
@@ -116,11 +118,11 @@ def test_trace_constant_that_is_no_fold_weight_is_refused() -> None:
         [onnx.numpy_helper.from_array(np.zeros_like(weight), "model.0.weight")],
     )
     traced = onnx.helper.make_model(graph)
-    (initializer,) = export._with_weights(traced, fold).graph.initializer
+    (initializer,) = onnx_export._with_weights(traced, fold).graph.initializer
     np.testing.assert_array_equal(onnx.numpy_helper.to_array(initializer), weight)
     traced.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(2, np.float32), "cache"))
     with pytest.raises(ModelError, match="traced constant 'cache' is no parameter or buffer of the fold"):
-        export._with_weights(traced, fold)
+        onnx_export._with_weights(traced, fold)
 
 
 def test_failed_dynamo_export_falls_back_to_torchscript(
@@ -129,13 +131,13 @@ def test_failed_dynamo_export_falls_back_to_torchscript(
     def broken(*args: object) -> None:
         raise RuntimeError("unsupported operator")
 
-    monkeypatch.setattr(export, "_export_dynamo", broken)
+    monkeypatch.setattr(onnx_export, "_export_dynamo", broken)
     model_dir = _copy_fixture(tmp_path)
     with pytest.raises(ModelError, match="dynamo ONNX export failed.*unsupported operator"):
-        export.export(model_dir, SAMPLE_INPUT, exporter="dynamo")
-    record = export.export(model_dir, SAMPLE_INPUT, exporter="auto").onnx
+        onnx_export.export(model_dir, SAMPLE_INPUT, exporter="dynamo")
+    record = onnx_export.export(model_dir, SAMPLE_INPUT, exporter="auto").onnx
     assert record["fp32"]["exporter"] == record["fp16"]["exporter"] == "torchscript"
-    assert record["fp32"]["max_abs_diff"] <= export.TOLERANCE["fp32"]
+    assert record["fp32"]["max_abs_diff"] <= onnx_export.TOLERANCE["fp32"]
 
 
 def test_parity_failure_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,13 +146,13 @@ def test_parity_failure_writes_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     predict = Ensemble.predict
     monkeypatch.setattr(Ensemble, "predict", lambda self, batch: predict(self, batch) * 0.5)
     with pytest.raises(ModelError, match=r"ensemble\.fp32\.onnx: ONNX differs from PyTorch by 0\.2"):
-        export.export(model_dir, SAMPLE_INPUT, exporter="torchscript")
+        onnx_export.export(model_dir, SAMPLE_INPUT, exporter="torchscript")
     assert {path.name: path.read_bytes() for path in model_dir.iterdir()} == before
 
 
 def test_unknown_exporter_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="exporter must be one of"):
-        export.export(tmp_path, SAMPLE_INPUT, exporter="tensorrt")
+        onnx_export.export(tmp_path, SAMPLE_INPUT, exporter="tensorrt")
 
 
 @pytest.mark.parametrize(
@@ -178,11 +180,11 @@ def test_an_ensemble_mixing_architectures_exports_each_fold_with_its_network(tmp
         "other.safetensors", manifest.sha256_of(model_dir / "other.safetensors"), "test_byobnet"
     )
     manifest.save(dataclasses.replace(spec, folds=(*spec.folds, extra)), model_dir)
-    mixed = export.export(model_dir, SAMPLE_INPUT, exporter="dynamo")
+    mixed = onnx_export.export(model_dir, SAMPLE_INPUT, exporter="dynamo")
     assert mixed.architectures == ("test_efficientnet", "test_byobnet")
-    batch = export.parity_batch(SAMPLE_INPUT, mixed, max_crops=16)
+    batch = onnx_export.parity_batch(SAMPLE_INPUT, mixed, max_crops=16)
     expected = Ensemble.load(mixed, model_dir, device=torch.device("cpu")).predict(batch)
     np.testing.assert_allclose(_session(model_dir, "fp32").predict(batch), expected, atol=1e-5)
-    fp32 = onnx.load(str(model_dir / export.FILES["fp32"]))
+    fp32 = onnx.load(str(model_dir / onnx_export.FILES["fp32"]))
     (mean,) = [node for node in fp32.graph.node if node.op_type == "Mean"]
     assert len(mean.input) == 4

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 
-from amf import io
+from amf import stacks
 from amf.augment import augment
 from amf.dataset import Sample
 from amf.ensemble import Ensemble
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 def load_crops(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
     """Decode every sample's crop once into memory as (H, W, 3) uint8 (threads: decoding frees the GIL)."""
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        pages = pool.map(lambda s: io.read_pages(Path(s.image))[0], samples)
+        pages = pool.map(lambda s: stacks.read_pages(Path(s.image))[0], samples)
         crops = {s.id: page for s, page in zip(samples, pages, strict=True)}
     log.info(
         "decoded %d crops into memory (%.0f MiB)", len(crops), sum(c.nbytes for c in crops.values()) / 2**20

@@ -1,0 +1,198 @@
+"""Running a plan: selection, skipping finished models, missing images, assembling the container's folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from synthetic_data import TINY, make_table
+
+from amf import manifest, plan, predict, runs
+from amf.ensemble import Ensemble
+from amf.errors import InputError, ModelError
+from amf.metrics import youden_threshold
+from amf.preprocess import prepare
+from amf.train import RESULT, VAL_PREDICTIONS
+from amf.training_data import read_rows
+
+
+@pytest.fixture(scope="module")
+def lodo(tmp_path_factory):
+    """A leave-one-domain-out plan (2 domains x 2 folds) and a finished run of it."""
+    root = tmp_path_factory.mktemp("lodo")
+    table, samples = make_table(root)
+    the_plan = plan.make_plan(samples, table=table, domain_column="cancer_type", n_folds=2)
+    plan_path = plan.save_plan(the_plan, root / "plan.json")
+    runs.run_plan(plan_path, root / "run", TINY)
+    return root, plan_path, samples
+
+
+def _copy_run(lodo, tmp_path):
+    return Path(shutil.copytree(lodo[0] / "run", tmp_path / "run"))
+
+
+def test_finished_run_is_a_set_of_ensembles(lodo):
+    root, plan_path, _ = lodo
+    for domain in ("alpha", "beta"):
+        spec = manifest.load(root / "run" / domain)
+        assert [f.file for f in spec.folds] == ["fold0/weights.safetensors", "fold1/weights.safetensors"]
+    assert runs.run_plan(plan_path, root / "run", TINY) == []
+
+
+def test_rerun_trains_only_unfinished_models(lodo, tmp_path, caplog):
+    run = _copy_run(lodo, tmp_path)
+    (run / "alpha" / "fold0" / RESULT).unlink()
+    (run / "alpha" / "manifest.json").unlink()
+    finished = (run / "alpha" / "fold1" / RESULT).read_bytes()
+    with caplog.at_level(logging.INFO):
+        assert len(runs.run_plan(lodo[1], run, TINY, domain="alpha")) == 1
+    assert "2 models selected, 1 finished already, 1 to train" in caplog.text
+    assert (run / "alpha" / "fold1" / RESULT).read_bytes() == finished
+    assert manifest.load(run / "alpha").folds[0].file == "fold0/weights.safetensors"
+
+
+def test_assembled_folder_serves_with_the_oof_threshold(lodo, tmp_path):
+    root, _, _ = lodo
+    run = root / "run"
+    target = tmp_path / "model"
+    ensemble = runs.assemble(run, "beta", target)
+    assert sorted(p.name for p in target.iterdir()) == [
+        "fold0.safetensors",
+        "fold1.safetensors",
+        "manifest.json",
+    ]
+    oof = read_rows(run / "beta" / runs.OOF_PREDICTIONS)
+    labels = np.array([int(r["label"]) for r in oof])
+    scores = np.array([float(r["p_atypical"]) for r in oof])
+    assert ensemble.threshold.value == youden_threshold(labels, scores)
+    assert ensemble.threshold.method == f"youden on {len(oof)} out-of-fold predictions, test-time views: none"
+    assert ensemble.tta == "none"
+    assert ensemble.provenance["training"][0]["architecture"] == TINY.architecture
+    assert str(tmp_path.parents[1]) not in json.dumps(ensemble.to_dict())  # no machine's paths
+    assert manifest.load(target) == ensemble
+    in_run = manifest.load(run / "beta")  # the run folder follows its latest assembly
+    assert (in_run.threshold, in_run.tta) == (ensemble.threshold, ensemble.tta)
+    crops = root / "crops" / "alpha"
+    assert predict.run(crops, tmp_path / "out", target) == len(list(crops.iterdir()))
+    assert runs.assemble(run, "beta", tmp_path / "otsu", method="otsu").threshold.method.startswith("otsu")
+    with pytest.raises(InputError, match="must be one of"):
+        runs.assemble(run, "beta", tmp_path / "bad", method="median")
+
+
+def test_assembling_with_test_time_views_rescores_each_fold_as_served(lodo, tmp_path):
+    """The threshold of a TTA ensemble is chosen on out-of-fold scores made through the same views."""
+    run = _copy_run(lodo, tmp_path)
+    plain = read_rows(run / "beta" / runs.OOF_PREDICTIONS)
+    ensemble = runs.assemble(run, "beta", tta="flips")
+    assert ensemble == manifest.load(run / "beta") and ensemble.tta == "flips"
+    assert ensemble.threshold.method.endswith("test-time views: flips")
+    rows = read_rows(run / "beta" / runs.OOF_PREDICTIONS)
+    assert [r["id"] for r in rows] == [r["id"] for r in plain]
+    fold_dir = run / "beta" / "fold1"
+    fold = manifest.load(fold_dir)
+    ids = [r["id"] for r in read_rows(fold_dir / VAL_PREDICTIONS)]
+    samples = runs.plan_samples(runs.load_run(run)[0])
+    crops = prepare([np.asarray(Image.open(samples[i].image).convert("RGB")) for i in ids], fold.input)
+    served = predict.predict_views(Ensemble.load(fold, fold_dir), crops, "flips")
+    rescored = {r["id"]: float(r["p_atypical"]) for r in rows}
+    np.testing.assert_allclose([rescored[i] for i in ids], served, rtol=1e-6)
+    scores = np.array([float(r["p_atypical"]) for r in rows])
+    assert not np.allclose(scores, [float(r["p_atypical"]) for r in plain])
+    assert ensemble.threshold.value == youden_threshold(np.array([int(r["label"]) for r in rows]), scores)
+
+
+def test_runs_of_two_architectures_make_one_mixed_ensemble(lodo, tmp_path):
+    """Both runs' folds serve together; each crop's OOF score is the mean of its two fold models."""
+    root, plan_path, _ = lodo
+    byobnet = dataclasses.replace(TINY, architecture="test_byobnet")
+    runs.run_plan(plan_path, tmp_path / "byobnet", byobnet, domain="beta")
+    target = tmp_path / "mixed"
+    ensemble = runs.assemble([root / "run", tmp_path / "byobnet"], "beta", target)
+    assert ensemble.architectures == (TINY.architecture, "test_byobnet")
+    assert [ensemble.architecture_of(f) for f in ensemble.folds] == [TINY.architecture] * 2 + [
+        "test_byobnet"
+    ] * 2
+    assert ensemble.name == "test_efficientnet+test_byobnet-32px-4fold-beta"
+    assert [r["architecture"] for r in ensemble.provenance["training"]] == [TINY.architecture, "test_byobnet"]
+    first = {r["id"]: float(r["p_atypical"]) for r in read_rows(root / "run" / "beta" / runs.OOF_PREDICTIONS)}
+    second = {
+        r["id"]: float(r["p_atypical"])
+        for r in read_rows(tmp_path / "byobnet" / "beta" / runs.OOF_PREDICTIONS)
+    }
+    mixed = np.array([(first[i] + second[i]) / 2 for i in first])
+    labels = np.array([int(r["label"]) for r in read_rows(root / "run" / "beta" / runs.OOF_PREDICTIONS)])
+    assert ensemble.threshold.value == youden_threshold(labels, mixed)
+    served = manifest.load(target)
+    assert served == ensemble
+    crops = root / "crops" / "alpha"
+    assert predict.run(crops, tmp_path / "out", target) == len(list(crops.iterdir()))
+    wider = dataclasses.replace(TINY, size=40)
+    runs.run_plan(plan_path, tmp_path / "wider", wider, domain="beta")
+    with pytest.raises(ModelError, match="the folds expect different inputs"):
+        runs.assemble([root / "run", tmp_path / "wider"], "beta", tmp_path / "refused")
+    with pytest.raises(InputError, match="needs a target folder"):
+        runs.assemble([root / "run", tmp_path / "byobnet"], "beta")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_selection_and_settings_errors(lodo):
+    root, plan_path, _ = lodo
+    the_plan = plan.load_plan(plan_path)
+    assert runs.select_tasks(the_plan, index=3) == [("beta", 1)]
+    assert runs.select_tasks(the_plan, domain="beta", fold=0) == [("beta", 0)]
+    with pytest.raises(InputError, match=r"choose from \['alpha', 'beta'\]"):
+        runs.select_tasks(the_plan, domain="gamma")
+    with pytest.raises(InputError, match="outside the plan's 0..3"):
+        runs.select_tasks(the_plan, index=4)
+    with pytest.raises(InputError, match="other settings"):
+        runs.run_plan(plan_path, root / "run", dataclasses.replace(TINY, epochs=5))
+
+
+def test_missing_images_are_excluded_or_fatal(lodo, tmp_path, caplog):
+    root, plan_path, samples = lodo
+    moved = tmp_path / "moved.png"
+    shutil.move(samples[0].image, moved)
+    try:
+        with pytest.raises(InputError, match="1 of .* image files missing"):
+            runs.run_plan(plan_path, tmp_path / "strict", TINY, index=2, strict=True)
+        with caplog.at_level(logging.WARNING):
+            runs.run_plan(plan_path, tmp_path / "lenient", TINY, domain="beta", fold=0)
+        assert "image files missing" in caplog.text
+        rows = read_rows(tmp_path / "lenient" / "beta" / "fold0" / "val_predictions.csv")
+        assert samples[0].id not in {r["id"] for r in rows}
+    finally:
+        shutil.move(moved, samples[0].image)
+
+
+def test_unfinished_domain_and_changed_table_are_refused(lodo, tmp_path):
+    root, plan_path, _ = lodo
+    run = _copy_run(lodo, tmp_path)
+    (run / "beta" / "fold1" / RESULT).unlink()
+    with pytest.raises(ModelError, match="unfinished folds"):
+        runs.assemble(run, "beta")
+    changed = json.loads(plan_path.read_text()) | {"table_sha256": "0" * 64}
+    (tmp_path / "plan.json").write_text(json.dumps(changed))
+    with pytest.raises(InputError, match="changed since the plan was made"):
+        runs.run_plan(tmp_path / "plan.json", tmp_path / "other", TINY)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        "[" * 50_000,
+        '{"plan": 3, "config": {}}',
+        '{"plan": "p.json", "config": {"colour": 1}}',
+        "[]",
+    ],
+)
+def test_malformed_run_record_is_one_input_error(tmp_path: Path, text: str) -> None:
+    (tmp_path / runs.RUN_FILE).write_text(text)
+    with pytest.raises(InputError, match=r"run\.json: malformed run record"):
+        runs.load_run(tmp_path)
