@@ -1,30 +1,30 @@
 #!/usr/bin/env bash
 # Build the container images (README.md, "Container").
 #
-#   ./build.sh            both inference images, what ./test.sh checks:
-#                           $AMF_CPU_IMAGE (default amf-cpu:latest)  Dockerfile --target cpu: ONNX Runtime, no torch
-#                           $AMF_IMAGE     (default amf:latest)      Dockerfile --target gpu: the image to upload
-#   ./build.sh cpu | gpu  one of them
-#   ./build.sh train      the training image ($AMF_TRAIN_IMAGE, default amf-train:latest)
-#   ./build.sh all        all three
+#   ./build.sh              all three images, everything ./test.sh checks (same as `all`):
+#                             $AMF_CPU_IMAGE   (default amf-cpu:latest)    Dockerfile --target cpu: ONNX Runtime, no torch
+#                             $AMF_IMAGE       (default amf:latest)        Dockerfile --target gpu: the image to upload
+#                             $AMF_TRAIN_IMAGE (default amf-train:latest)  Dockerfile.train: python -m amf
+#   ./build.sh inference    the two inference images
+#   ./build.sh cpu | gpu | train   one of them
 #
 # Docker when an engine answers, else podman (installed first on Debian when missing). Each base
 # is the Dockerfile's pinned default when it is present or can be pulled; else, with podman, a
 # local stand-in built once from Debian (docker/standin/): Python 3.11 for the CPU image, the
-# same plus this machine's torch wheels for the GPU and training images. AMF_BASE_IMAGE and
-# AMF_CPU_BASE_IMAGE force a base. With no engine at all no image is built: the local Python
-# environments are prepared instead, ./test.sh runs its checks through them, and this script
-# says so in its last line.
+# same plus this machine's torch wheels for the GPU and training images, which share it.
+# AMF_BASE_IMAGE and AMF_CPU_BASE_IMAGE force a base. Any failing step fails this script. With
+# no engine at all it builds nothing and fails, its last line saying that ./test.sh alone runs
+# the same checks through the local Python environments.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=docker/lib.sh
 source "$ROOT/docker/lib.sh"
 
-case "${1:-inference}" in
+case "${1:-all}" in
+    all) TARGETS=(cpu gpu train) ;;
     inference) TARGETS=(cpu gpu) ;;
     cpu | gpu | train) TARGETS=("$1") ;;
-    all) TARGETS=(cpu gpu train) ;;
-    *) die "usage: ./build.sh [inference|cpu|gpu|train|all]  (no argument: cpu and gpu)" ;;
+    *) die "usage: ./build.sh [all|inference|cpu|gpu|train]  (no argument: all three images)" ;;
 esac
 
 # A Dockerfile's default for a build argument.
@@ -52,14 +52,17 @@ real_base() {
 # repeats them with onnxruntime-gpu for onnxruntime): both images then serve with the same
 # numpy, Pillow and ONNX Runtime release.
 check_pins() {
-    local line name gpu
+    local pins line name gpu
+    # An assignment, not `done < <(grep ...)`, whose failure bash would ignore: no pins is an error.
+    pins=$(grep -E '^[A-Za-z0-9_.-]+==' "$ROOT/requirements-serve.txt") \
+        || die "requirements-serve.txt pins no package (name==version)"
     while read -r line; do
         name=${line%%==*}
         [[ $name == onnxruntime ]] && name=onnxruntime-gpu
         gpu=$(grep -iE "^$name==" "$ROOT/requirements-gpu.txt" || true)
         [[ ${gpu#*==} == "${line#*==}" ]] \
             || die "requirements-gpu.txt must pin $name==${line#*==} as requirements-serve.txt does (it has '${gpu:-nothing}')"
-    done < <(grep -E '^[A-Za-z0-9_.-]+==' "$ROOT/requirements-serve.txt")
+    done <<<"$pins"
 }
 
 # Prints the base for a target (cpu, or gpu/train) and says, on stderr, which base it is and
@@ -105,35 +108,28 @@ build_image() {
     local previous
     previous=$(engine image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
     logged "$ROOT/build/$target-build.log" engine "${args[@]}" "$ROOT" || die "could not build $tag ($file, $target)"
-    say "built $tag ($file, $target, $ENGINE) in $((SECONDS - start)) s: $(image_size "$tag")"
+    local size
+    size=$(image_size "$tag")
+    say "built $tag ($file, $target, $ENGINE) in $((SECONDS - start)) s: $size"
     # The image this tag named before is now untagged: drop it (it fails harmlessly if still used).
     if [[ -n $previous && $previous != $(engine image inspect --format '{{.Id}}' "$tag") ]]; then
         engine rmi "$previous" >/dev/null 2>&1 || true
     fi
 }
 
-image_size() {
-    engine image inspect --format '{{.Size}}' "$1" | awk '{ printf "%.0f MB", $1 / 1e6 }'
-}
-
-# No engine: the environments ./test.sh then uses, and a last line that says no image was built.
+# No engine: nothing built is a failure, and the last line says what can run instead.
 no_engine() {
-    ensure_serve_venv
-    ensure_venv
     local why="no docker or podman here, and podman is installed only as root with apt-get"
     [[ -n ${AMF_ENGINE:-} ]] && why="AMF_ENGINE=none"
-    say "NO IMAGE BUILT ($why). Prepared .venv-serve and .venv instead: ./test.sh runs its checks" \
-        "through them, which proves the code, not an image"
+    die "NO IMAGE BUILT ($why). ./test.sh alone runs the same checks through the local Python" \
+        "environments (.venv-serve, .venv), which proves the code, not an image"
 }
 
 main() {
     local start=$SECONDS
     check_pins
     use_engine install
-    if [[ $ENGINE == none ]]; then
-        no_engine
-        return
-    fi
+    [[ $ENGINE != none ]] || no_engine
     mkdir -p "$ROOT/model" "$ROOT/build" # git keeps no empty folder; the Dockerfile copies model/
     [[ -f $ROOT/model/manifest.json || ${TARGETS[*]} == train ]] \
         || say "model/ holds no ensemble: nothing is baked in; the images then need a model at /opt/ml/model"

@@ -2,16 +2,20 @@
 # Run both inference images the way grand-challenge does and check what they write, then the
 # training image's command line, then the unit tests (README.md, "Container"). One line per
 # check: PASS / FAIL <check>: reason / SKIP <check>: reason. The inference checks run once per
-# image: cpu/<check> on $AMF_CPU_IMAGE (ONNX Runtime, no torch), gpu/<check> on $AMF_IMAGE.
+# image: cpu/<check> on $AMF_CPU_IMAGE (ONNX Runtime, no torch), gpu/<check> on $AMF_IMAGE; a
+# missing image (the training one included) is a failure. The `harness` check first tests this
+# script's own failure handling (docker/test_harness.sh).
 #
 # Every run: --network none, /input read-only, a fresh /tmp, /output writable by the image's
 # non-root user, the model (when one is mounted) read-only at /opt/ml/model, and a read-only root
 # file system (stricter than grand-challenge: nothing may be written outside /output and /tmp).
 # Confidences are compared with an absolute tolerance of $ATOL. Each check runs with `set -e`:
-# a failing step (staging a folder, a reference run) fails the check, naming the step. With no
-# container engine the same checks run through the local environments (cpu: .venv-serve,
-# gpu: .venv), which proves the code, not an image. AMF_SKIP_PYTEST=1 ./test.sh runs the
-# container checks only.
+# a failing step (staging a folder, a reference run) fails the check, naming the step. So a step
+# is never called from a `||` list or an `if` condition, where bash switches `set -e` off for
+# everything the step runs: `cmd || { echo reason; return 1; }` only where cmd is what the check
+# judges, such as one run of the image. With no container engine the same checks run through the
+# local environments (cpu: .venv-serve, gpu: .venv), which proves the code, not an image.
+# AMF_SKIP_PYTEST=1 ./test.sh runs the container checks only.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=docker/lib.sh
@@ -122,7 +126,8 @@ relative() { echo "${1#"$ROOT/"}/"; }
 
 compare() { "$PY" "$ROOT/test/compare_output.py" --atol "$ATOL" "$@"; }
 
-last_line() { grep -v 'level=warning' "$1" | tail -n 1; }
+# A log's last line, without podman's harmless warnings (sed, not grep -v: no lines is no error).
+last_line() { sed '/level=warning/d' "$1" | tail -n 1; }
 
 # ---------------------------------------------------------------- checks (echo reason; 0 pass, $SKIP skip, else fail)
 
@@ -146,8 +151,9 @@ check_image_config() {
         extra=", no torch, ONNX Runtime $(engine run --rm --network none --entrypoint python "$(image)" \
             -c 'import onnxruntime; print(onnxruntime.__version__)')"
     fi
-    echo "uid $uid, /opt/app, python inference.py, offline$extra, $(engine image inspect --format '{{.Size}}' "$(image)" \
-        | awk '{ printf "%.0f MB", $1 / 1e6 }')"
+    local size
+    size=$(image_size "$(image)")
+    echo "uid $uid, /opt/app, python inference.py, offline$extra, $size"
 }
 
 # run_and_compare INPUT MODEL_MOUNT COMPARE_ARGS...: one run, then compare_output.py on its JSON.
@@ -159,21 +165,21 @@ run_and_compare() {
     [[ -z $2 ]] || model=$(stage "$2")
     predict "$input" "$output" "$model" || { echo "exit $?: $(last_line "$output.log")"; return 1; }
     shift 2
-    compare "$output/$OUTPUT_NAME" "$@"
+    compare "$output/$OUTPUT_NAME" "$@" || return # the verdict: compare_output.py said why
 }
 
 check_expected() {
     local model
     model=$(reference_model)
     run_and_compare "$ROOT/test/input" "$model" \
-        --input "$ROOT/test/input" --model "$model" --expected "$EXPECTED" || return 1
+        --input "$ROOT/test/input" --model "$model" --expected "$EXPECTED"
     echo "test/input, $(relative "$model") mounted: equals test/expected_output.json"
 }
 
 check_baked() {
     [[ -f $ROOT/model/manifest.json ]] || { echo "no ensemble baked into model/"; return $SKIP; }
     run_and_compare "$ROOT/test/input" "" \
-        --input "$ROOT/test/input" --model "$ROOT/model" --expected "$EXPECTED" || return 1
+        --input "$ROOT/test/input" --model "$ROOT/model" --expected "$EXPECTED"
     echo "no model mounted: the baked model/ gave test/expected_output.json"
 }
 
@@ -190,7 +196,7 @@ check_override() {
     fi
     [[ -f $ROOT/model/manifest.json ]] && extra=(--differs-from "$EXPECTED")
     run_and_compare "$ROOT/test/input" "$fixture" \
-        --model "$fixture" --expected "$reference" "${extra[@]}" || return 1
+        --model "$fixture" --expected "$reference" "${extra[@]}"
     echo "$(relative "$fixture") mounted: the fixture's predictions"
 }
 
@@ -198,11 +204,12 @@ check_gc_sample() {
     local sample="$DATA/gc-sample/input" model
     [[ -d $sample ]] || { echo "no real sample at ../shared/data/gc-sample"; return $SKIP; }
     model=$(reference_model)
-    run_and_compare "$sample" "$model" --input "$sample" --model "$model" || return 1
+    run_and_compare "$sample" "$model" --input "$sample" --model "$model"
     echo "real sample stack, $(relative "$model") mounted: one valid prediction per page"
 }
 
-# A corrupt stack must end the run with an error line and leave /output empty.
+# A corrupt stack must end the run with inference.py's exit status 2 and one error line naming the
+# file, and leave /output empty (any other failure, such as an engine that cannot start, fails).
 check_broken_input() {
     local source="$WORK/broken" input output model
     mkdir -p "$source/images/$SLUG"
@@ -211,17 +218,24 @@ check_broken_input() {
     input=$(stage "$source")
     output=$(new_output)
     model=$(stage "$(reference_model)")
-    local status=0
+    local status=0 line
     predict "$input" "$output" "$model" || status=$?
-    ((status != 0)) || { echo "exit 0 on a corrupt stack"; return 1; }
+    line=$(last_line "$output.log")
+    ((status == 2)) || { echo "exit $status, not 2, on a corrupt stack: $line"; return 1; }
+    [[ $line == ERROR*stack_broken.tiff* ]] || { echo "no error line naming the stack: $line"; return 1; }
     [[ -z $(ls -A "$output") ]] || { echo "left files in /output: $(ls -A "$output")"; return 1; }
     ! grep -q Traceback "$output.log" || { echo "a traceback instead of one error line"; return 1; }
-    echo "corrupt stack: exit $status, /output empty, $(last_line "$output.log" | cut -c1-90)..."
+    echo "corrupt stack: exit $status, /output empty, ${line:0:90}..."
+}
+
+# The training image is built by ./build.sh like the inference images: missing, it fails.
+train_image_built() {
+    [[ $ENGINE == none ]] || image_exists "$AMF_TRAIN_IMAGE" \
+        || { echo "no image $AMF_TRAIN_IMAGE ($ENGINE): run ./build.sh"; return 1; }
 }
 
 check_train_help() {
-    [[ $ENGINE == none ]] || image_exists "$AMF_TRAIN_IMAGE" \
-        || { echo "training image not built (./build.sh train)"; return $SKIP; }
+    train_image_built
     train_cli --help >"$WORK/train-help.log" 2>&1 || { echo "exit $?: $(last_line "$WORK/train-help.log")"; return 1; }
     grep -q '^usage: amf' "$WORK/train-help.log" || { echo "no usage text"; return 1; }
     grep -q '^  dataset -> plan -> \[import-tflite\] -> train' "$WORK/train-help.log" \
@@ -230,8 +244,7 @@ check_train_help() {
 }
 
 check_train_dataset() {
-    [[ $ENGINE == none ]] || image_exists "$AMF_TRAIN_IMAGE" \
-        || { echo "training image not built (./build.sh train)"; return $SKIP; }
+    train_image_built
     [[ -d $DATA/ami-br && -d $DATA/midog25 ]] || { echo "no real data at ../shared/data"; return $SKIP; }
     local data=/data log="$WORK/train-dataset.log"
     [[ $ENGINE == none ]] && data=$DATA
@@ -266,7 +279,7 @@ run_check() {
     ) >"$log" 2>&1 &
     wait $! || status=$?
     local reason seconds
-    reason=$(grep -v 'level=warning' "$log" | tail -n 5 | paste -sd ' ')
+    reason=$(sed '/level=warning/d' "$log" | tail -n 5 | paste -sd ' ')
     seconds=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
     case $status in
         0) echo "PASS $label ($seconds s): $reason" && PASSED=$((PASSED + 1)) ;;
@@ -280,7 +293,16 @@ run_check() {
 check_built() {
     [[ $ENGINE == none ]] && { echo "no container engine: through the local environment"; return 0; }
     image_exists "$(image)" || { echo "no image $(image) ($ENGINE): run ./build.sh"; return 1; }
-    echo "$(image), base $(image_base "$(image)")"
+    local base
+    base=$(image_base "$(image)")
+    echo "$(image), base $base"
+}
+
+# This script's own failure handling, tested with stubbed steps (seconds, no image).
+check_harness() {
+    local log="$WORK/harness.log"
+    bash "$ROOT/docker/test_harness.sh" >"$log" 2>&1 || { sed '/^ok /d' "$log"; return 1; }
+    tail -n 1 "$log"
 }
 
 main() {
@@ -296,6 +318,7 @@ main() {
     chmod 755 "$WORK"
     trap 'rm -rf "$WORK"' EXIT
     local name
+    run_check harness
     for FLAVOUR in cpu gpu; do
         run_check built "$FLAVOUR/built"
         if ((CHECK_STATUS != 0)); then
@@ -316,4 +339,7 @@ main() {
     return "$status"
 }
 
-main
+# Sourced (docker/test_harness.sh), it only defines the checks.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    main
+fi

@@ -3,30 +3,31 @@
 Module map, in the order data flows (README.md, "Package layout", says the same):
 
 Serving (numpy + Pillow + onnxruntime; torch only for the PyTorch back end)
-    io            find the input and read its crops page by page, within limits
+    stacks        find the input and read its crops page by page, within limits
     mha           stream MetaImage (.mha) stacks
-    preprocess    crops -> the network's normalised input; test-time views
-    manifest      the ensemble's manifest: architecture(s), input, folds, threshold
+    preprocess    crops -> the network's normalised input, batch by batch; test-time views
+    manifest      the ensemble's manifest: architecture(s), input, folds, threshold, graphs
     onnx_runtime  the ensemble as one ONNX graph (the default back end)
     ensemble      the ensemble in PyTorch (built by models)
-    predict       one run: input -> preprocess -> ensemble -> output
-    writing       every file written, all or nothing
+    predict       one run: input -> preprocess -> ensemble -> output; scoring decoded crops
+    writing       every file written (all or nothing), CSV rows, sha256
     errors        errors that end a run with one line
 
 Training (torch, timm, scikit-learn)
     dataset       the unified dataset table (MIDOG25, AMi-Br, folders)
-    splits        cross-validation plans (leave-one-domain-out x folds)
+    plan          cross-validation plans (leave-one-domain-out x folds)
     augment       H&E stain jitter and dihedral transforms
-    data          crops in memory, the training dataset and sampler
+    training_data crops in memory, the training dataset and sampler
     models        the model factory: the only module that imports timm
     tflite_import ImageNet MobileNets from TensorFlow Lite files
-    runtime       device, data-parallel rank, seeds
+    config        the training recipe: settings, defaults, checks (no torch)
+    runtime       device, data-parallel rank, seeds: the launcher's environment
     train         one model: train, validate, keep the best epoch
-    plan          run a plan's models; assemble them into an ensemble
+    runs          run a plan's models into a run folder; assemble them into an ensemble
     metrics       binary metrics and thresholds
-    evaluate      Table 2, ROC curves, confusion matrices of a run
+    evaluate      Table 2, ROC curves, confusion matrices of a run (reads it, never changes it)
     score         the official Track 2 evaluator
-    export        the ensemble as checked ONNX graphs
+    onnx_export   the ensemble as checked ONNX graphs
 
 `python -m amf <command>` (__main__) maps each command to one of these.
 """

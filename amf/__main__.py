@@ -5,35 +5,34 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
-from amf.dataset import DOMAIN_COLUMNS
-from amf.errors import AmfError, InputError
-from amf.manifest import ONNX_VARIANTS, TTA_VIEWS
+from amf.config import TrainConfig
+from amf.dataset import AMIBR_SPLITS, DOMAIN_COLUMNS
+from amf.errors import AmfError
+from amf.manifest import TTA_VIEWS
 from amf.predict import BACKENDS, BATCH_SIZE
 
 log = logging.getLogger("amf")
 
 
 def add_predict(commands: argparse._SubParsersAction, prog: str | None = None) -> None:
-    parser = commands.add_parser(
-        "predict", prog=prog, help="classify a grand-challenge input, stack or folder"
+    parser = _command(commands, "predict", "classify a grand-challenge input, stack or folder", prog=prog)
+    parser.add_argument(
+        "--input", type=Path, default=Path("/input"), help="crops: a folder, a stack or a crop"
     )
-    parser.add_argument("--input", type=Path, default=Path("/input"), help="default: /input")
-    parser.add_argument("--output", type=Path, default=Path("/output"), help="default: /output")
+    parser.add_argument("--output", type=Path, default=Path("/output"), help="folder for the MIDOG JSON")
     parser.add_argument(
         "--model",
         type=Path,
-        default=None,
         help="ensemble folder (default: /opt/ml/model if it has a manifest, else model/)",
     )
     parser.add_argument(
         "--batch-size",
         type=_bounded_int(1, 4096),
         default=BATCH_SIZE,
-        help=f"crops per forward pass (times the views), 1-4096; memory grows with it (default {BATCH_SIZE})",
+        help="crops per forward pass (times the views), 1-4096; memory grows with it",
     )
     parser.add_argument(
         "--backend",
@@ -43,19 +42,34 @@ def add_predict(commands: argparse._SubParsersAction, prog: str | None = None) -
     parser.set_defaults(handler=_predict)
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default where it has one (not for None, False or an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS or default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _command(
+    commands: argparse._SubParsersAction, name: str, summary: str, **kwargs: object
+) -> argparse.ArgumentParser:
+    """A subcommand whose help shows defaults; `summary` is its line in `amf --help`."""
+    kwargs.setdefault("description", summary)
+    return commands.add_parser(name, help=summary, formatter_class=_Help, **kwargs)
+
+
 def _bounded_int(low: int, high: int):
     """An argparse type: an integer in [low, high], else a usage error (exit 2, one line)."""
 
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    def integer(text: str) -> int:
+        value = int(text)  # a ValueError: argparse says "invalid integer value: '...'"
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
         return value
 
-    return parse
+    return integer
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -68,19 +82,19 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def add_export(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "export-onnx", help="write the ensemble as ONNX graphs checked against PyTorch"
-    )
+    parser = _command(commands, "export-onnx", "write the ensemble as ONNX graphs checked against PyTorch")
     repo = Path(__file__).resolve().parent.parent
-    parser.add_argument("--model", type=Path, default=repo / "model", help="ensemble folder (default model/)")
+    parser.add_argument("--model", type=Path, default=repo / "model", help="ensemble folder")
     parser.add_argument(
         "--crops",
         type=Path,
         default=repo / "test" / "input",
-        help="real crops for the parity check: stack, crop or folder (default: test/input)",
+        help="real crops for the parity check: stack, crop or folder",
     )
-    parser.add_argument("--max-crops", type=int, default=16, help="crops compared (default 16)")
-    parser.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto")
+    parser.add_argument("--max-crops", type=int, default=16, help="crops compared")
+    parser.add_argument(
+        "--exporter", default="auto", help="dynamo, torchscript, or auto: dynamo, else torchscript"
+    )
     parser.set_defaults(handler=_export)
 
 
@@ -88,22 +102,19 @@ def _export(args: argparse.Namespace) -> None:
     from amf import onnx_export
 
     spec = onnx_export.export(args.model, args.crops, exporter=args.exporter, max_crops=args.max_crops)
-    for variant in ONNX_VARIANTS:
-        entry = spec.onnx[variant]
-        print(f"{args.model / entry['file']}: max |ONNX - PyTorch| {entry['max_abs_diff']:.2g}")
+    for graph in spec.onnx.graphs.values():
+        print(f"{args.model / graph.file}: max |ONNX - PyTorch| {graph.max_abs_diff:.2g}")
 
 
 def add_dataset(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("dataset", help="build the unified dataset table and print its Table 1")
+    parser = _command(commands, "dataset", "build the unified dataset table and print its Table 1")
     parser.add_argument("--midog25", type=Path, help="MIDOG25 Track 2 label CSV")
     parser.add_argument("--midog25-images", type=Path, help="folder of MIDOG25 crops (default: the CSV's)")
     parser.add_argument("--amibr", type=Path, help="AMi-Br folder (AMI-BR.csv, patches/) or its CSV")
-    parser.add_argument("--amibr-split", choices=("all", "train", "test"), default="all")
+    parser.add_argument("--amibr-split", choices=AMIBR_SPLITS, default="all", help="AMi-Br's published split")
     parser.add_argument("--folder", type=Path, action="append", default=[], help="ROOT/{atypical,normal}/*")
     parser.add_argument("--out", type=Path, help="write the table here (CSV)")
-    parser.add_argument(
-        "--by", choices=DOMAIN_COLUMNS, default="cancer_type", help="summary column (default: cancer_type)"
-    )
+    parser.add_argument("--by", choices=DOMAIN_COLUMNS, default="cancer_type", help="summary column")
     parser.add_argument("--strict", action="store_true", help="fail if any image file is missing")
     parser.add_argument(
         "--link", type=Path, help="hard-link (or copy) the crops into this folder: an input for inference"
@@ -114,15 +125,13 @@ def add_dataset(commands: argparse._SubParsersAction) -> None:
 def _dataset(args: argparse.Namespace) -> None:
     from amf import dataset
 
-    sources = []
-    if args.midog25:
-        sources.append(dataset.read_midog25(args.midog25, args.midog25_images))
-    if args.amibr:
-        sources.append(dataset.read_amibr(args.amibr, split=args.amibr_split))
-    sources += [dataset.read_folder(root) for root in args.folder]
-    if not sources:
-        raise InputError("give at least one of --midog25, --amibr, --folder")
-    samples = dataset.unify(*sources)
+    samples = dataset.build(
+        midog25=args.midog25,
+        midog25_images=args.midog25_images,
+        amibr=args.amibr,
+        amibr_split=args.amibr_split,
+        folders=args.folder,
+    )
     present = dataset.check_images(
         samples, strict=args.strict, consequence="the table keeps their labels; --link and training skip them"
     )
@@ -134,15 +143,15 @@ def _dataset(args: argparse.Namespace) -> None:
 
 
 def add_plan(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("plan", help="write a cross-validation plan (leave-one-domain-out x folds)")
+    parser = _command(commands, "plan", "write a cross-validation plan (leave-one-domain-out x folds)")
     parser.add_argument("--table", type=Path, required=True, help="dataset table from `amf dataset`")
     parser.add_argument(
         "--domain",
         default="cancer_type",
         help="column held out in turn: cancer_type, scanner, source, species; 'all': no hold-out",
     )
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--folds", type=int, default=5, help="validation folds per held-out domain")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
     parser.add_argument("--out", type=Path, required=True, help="plan file (JSON)")
     parser.set_defaults(handler=_plan)
 
@@ -161,9 +170,10 @@ def _plan(args: argparse.Namespace) -> None:
 
 
 def add_import_tflite(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
+    parser = _command(
+        commands,
         "import-tflite",
-        help="turn a TFLite MobileNet (resources/pretrained/) into weights for `train --pretrained`",
+        "turn a TFLite MobileNet (resources/pretrained/) into weights for `train --pretrained`",
         description="Dequantise a TF-slim MobileNet into a timm state dict (safetensors with its "
         "source sha256 and licence); with --table, re-estimate batch norm on training crops so that "
         "it fine-tunes. Example: amf import-tflite --source "
@@ -176,13 +186,9 @@ def add_import_tflite(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="weights to write (.safetensors)")
     parser.add_argument("--table", type=Path, help="dataset table whose crops calibrate batch norm")
-    parser.add_argument(
-        "--crops", type=_bounded_int(16, 100_000), default=512, help="crops used (default 512)"
-    )
-    parser.add_argument(
-        "--size", type=_bounded_int(16, 1024), default=224, help="input size in px (default 224)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="which crops are drawn (default 0)")
+    parser.add_argument("--crops", type=_bounded_int(16, 100_000), default=512, help="crops used")
+    parser.add_argument("--size", type=_bounded_int(16, 1024), default=224, help="input size in px")
+    parser.add_argument("--seed", type=int, default=0, help="which crops are drawn")
     parser.set_defaults(handler=_import_tflite)
 
 
@@ -195,57 +201,64 @@ def _import_tflite(args: argparse.Namespace) -> None:
 
 
 def add_train(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "train", help="train a plan's models (skips finished ones, resumes killed ones)"
-    )
+    parser = _command(commands, "train", "train a plan's models (skips finished ones, resumes killed ones)")
     parser.add_argument("--plan", type=Path, required=True, help="plan file from `amf plan`")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
     parser.add_argument("--domain", help="only this held-out domain (name or folder name)")
     parser.add_argument("--fold", type=int, help="only this fold")
     parser.add_argument("--index", type=int, help="only the index-th (domain, fold) of the plan (array jobs)")
     parser.add_argument("--strict", action="store_true", help="fail if any image file is missing")
-    options = parser.add_argument_group("training settings (default: the run folder's, else the built-in)")
-    options.add_argument("--arch", dest="architecture", help="timm model name (default efficientvit_l2)")
-    options.add_argument("--size", type=int, help="input size in px (default 256)")
-    options.add_argument("--pretrained", help="'hub', a weight file, or 'none' (default)")
-    options.add_argument("--epochs", type=int, help="passes over the training set (default 20)")
-    options.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
-    options.add_argument("--batch-size", type=int)
-    options.add_argument("--weight-decay", type=float)
-    options.add_argument("--warmup", type=float, help="share of steps warming up")
-    options.add_argument("--stain", type=float, help="H&E jitter strength, 0 = off (default 0.05)")
-    options.add_argument(
-        "--soft-labels", action=argparse.BooleanOptionalAction, help="targets = expert vote share"
+    group = parser.add_argument_group(
+        "training settings", "each: the value given, else the run folder's (a resumed run), else the built-in"
     )
-    options.add_argument("--focal-gamma", type=float)
-    options.add_argument("--focal-alpha", type=float, help="< 0: no class weighting (default)")
-    options.add_argument("--epoch-size", type=int, help="crops drawn per epoch (default: training set size)")
-    options.add_argument("--patience", type=int, help="early stop after N epochs without better AUROC")
-    options.add_argument("--amp", action=argparse.BooleanOptionalAction, help="mixed precision on GPU")
-    options.add_argument("--workers", type=int, help="data loading processes")
-    options.add_argument("--seed", type=int)
+    setting = _setting_adder(group)
+    setting("--arch", dest="architecture", help="timm model name")
+    setting("--size", type=int, help="input size in px")
+    setting(
+        "--pretrained", help="'hub' (timm's ImageNet weights; needs the internet), a weight file, or 'none'"
+    )
+    setting("--epochs", type=int, help="passes over the training set")
+    setting("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    setting("--batch-size", type=int, help="crops per step")
+    setting("--weight-decay", type=float, help="AdamW weight decay")
+    setting("--warmup", type=float, help="share of steps warming up")
+    setting("--stain", type=float, help="H&E jitter strength, 0 = off")
+    setting("--soft-labels", action=argparse.BooleanOptionalAction, help="targets = expert vote share")
+    setting("--focal-gamma", type=float, help="focal loss focusing")
+    setting("--focal-alpha", type=float, help="focal loss class weight; < 0: none (the sampler balances)")
+    setting("--epoch-size", type=int, help="crops drawn per epoch; none: the training set's size")
+    setting("--patience", type=int, help="early stop after N epochs without better AUROC; 0: never")
+    setting("--amp", action=argparse.BooleanOptionalAction, help="mixed precision on GPU")
+    setting("--workers", type=int, help="data loading processes")
+    setting("--seed", type=int, help="seed of initialisation, sampling and augmentation")
     parser.set_defaults(handler=_train)
 
 
+def _setting_adder(group: argparse._ArgumentGroup):
+    """add_argument for a TrainConfig field: no argparse default (so the run folder's can apply),
+    its built-in default shown from TrainConfig itself."""
+    defaults = TrainConfig()
+
+    def add(flag: str, *, help: str, dest: str | None = None, **kwargs: object) -> None:
+        dest = dest or flag[2:].replace("-", "_")
+        value = getattr(defaults, dest)
+        group.add_argument(flag, dest=dest, help=f"{help} [built-in: {value}]", **kwargs)
+
+    return add
+
+
 def _train(args: argparse.Namespace) -> None:
-    from dataclasses import asdict, fields
+    from amf import runs
 
-    from amf import runs, train
-
-    saved = runs.read_run(args.out)["config"] if (args.out / runs.RUN_FILE).is_file() else {}
-    given = {
-        f.name: getattr(args, f.name) for f in fields(train.TrainConfig) if getattr(args, f.name) is not None
-    }
-    if given.get("pretrained") == "none":
-        given["pretrained"] = None
-    config = train.TrainConfig(**{**asdict(train.TrainConfig()), **saved, **given})
+    given = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__}
+    config = runs.settings(args.out, given)
     runs.run_plan(
         args.plan, args.out, config, domain=args.domain, fold=args.fold, index=args.index, strict=args.strict
     )
 
 
 def add_assemble(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("assemble", help="combine a domain's fold models into an ensemble folder")
+    parser = _command(commands, "assemble", "combine a domain's fold models into an ensemble folder")
     parser.add_argument(
         "--run",
         type=Path,
@@ -253,9 +266,9 @@ def add_assemble(commands: argparse._SubParsersAction) -> None:
         action="append",
         help="run folder from `amf train`; repeat it to mix runs of the same plan (say, two architectures)",
     )
-    parser.add_argument("--domain", default="all", help="default: all (the all-domains plan)")
+    parser.add_argument("--domain", default="all", help="held-out domain; all: the all-domains plan")
     parser.add_argument("--out", type=Path, help="copy weights + manifest here (e.g. model/)")
-    parser.add_argument("--threshold", default="youden", help="youden, otsu or a number (default youden)")
+    parser.add_argument("--threshold", default="youden", help="youden, otsu or a number")
     parser.add_argument(
         "--tta", choices=list(TTA_VIEWS), default="none", help="test-time views the ensemble is served with"
     )
@@ -274,19 +287,19 @@ def _assemble(args: argparse.Namespace) -> None:
 
 
 def add_evaluate(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("evaluate", help="Table 2, ROC and confusion figures for a trained run")
+    parser = _command(commands, "evaluate", "Table 2, ROC and confusion figures for a trained run")
     parser.add_argument("--run", type=Path, required=True, help="run folder from `amf train`")
     parser.add_argument("--out", type=Path, required=True, help="report folder")
     parser.add_argument(
-        "--tta", choices=list(TTA_VIEWS), help="re-assemble with these test-time views (default: as is)"
+        "--tta", choices=list(TTA_VIEWS), help="score with these test-time views (default: the run's)"
     )
     parser.add_argument(
         "--by",
         choices=DOMAIN_COLUMNS,
         default="cancer_type",
-        help="grouping of an all-domains run's OOF predictions (default cancer_type)",
+        help="grouping of an all-domains run's OOF predictions",
     )
-    parser.add_argument("--batch-size", type=_bounded_int(1, 4096), default=64)
+    parser.add_argument("--batch-size", type=_bounded_int(1, 4096), default=64, help="crops per forward pass")
     parser.set_defaults(handler=_evaluate)
 
 
@@ -298,7 +311,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def add_score(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("score", help="the official Track 2 evaluator on a folder of output JSONs")
+    parser = _command(commands, "score", "the official Track 2 evaluator on a folder of output JSONs")
     parser.add_argument(
         "--predictions",
         type=Path,
@@ -310,17 +323,11 @@ def add_score(commands: argparse._SubParsersAction) -> None:
     truth.add_argument("--ground-truth", type=Path, help="organisers' ground_truth.json format")
     truth.add_argument("--table", type=Path, help="dataset table (labels) for a predictions.csv")
     parser.add_argument(
-        "--by",
-        choices=DOMAIN_COLUMNS,
-        default="cancer_type",
-        help="domain column of --table (default cancer_type)",
+        "--by", choices=DOMAIN_COLUMNS, default="cancer_type", help="domain column of --table"
     )
     parser.add_argument("--out", type=Path, help="write metrics JSON here")
     parser.add_argument(
-        "--confidence",
-        choices=("p-atypical", "winning-class"),
-        default="p-atypical",
-        help="score for ROC AUC: confidence as is, or 1-confidence when class is normal",
+        "--confidence", default="p-atypical", help="p-atypical: as written; winning-class: 1 - it when normal"
     )
     parser.set_defaults(handler=_score)
 
@@ -373,10 +380,7 @@ def build_parser(predict_prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, *, predict_prog: str | None = None) -> int:
     """Run one command; an AmfError becomes one line on stderr and exit status 2."""
-    quiet = os.environ.get("RANK", "0") != "0"  # torchrun: only the first process reports progress
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)  # a library's warning is one log line, never a multi-line dump
     parser = build_parser(predict_prog)
     args = parser.parse_args(argv)

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from amf import writing
 from amf.errors import InputError
 from amf.stacks import CROP_SUFFIXES
 
@@ -179,6 +180,23 @@ def read_folder(root: Path) -> list[Sample]:
     return samples
 
 
+def build(
+    *,
+    midog25: Path | None = None,
+    midog25_images: Path | None = None,
+    amibr: Path | None = None,
+    amibr_split: str = "all",
+    folders: Sequence[Path] = (),
+) -> list[Sample]:
+    """The unified table of the sources given, in this order (MIDOG25 first keeps its rows)."""
+    sources = [read_midog25(midog25, midog25_images)] if midog25 else []
+    sources += [read_amibr(amibr, split=amibr_split)] if amibr else []
+    sources += [read_folder(root) for root in folders]
+    if not sources:
+        raise InputError("give at least one source: MIDOG25 labels, AMi-Br or a class folder")
+    return unify(*sources)
+
+
 def unify(*sources: Sequence[Sample]) -> list[Sample]:
     """Concatenate sources in order, dropping rows whose (slide, x, y) an earlier source holds."""
     seen: set[tuple[str, int, int]] = set()
@@ -266,11 +284,7 @@ def format_summary(rows: Sequence[tuple[str, int, int, int]], title: str = "Canc
 def save_table(samples: Sequence[Sample], path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(asdict(s) for s in samples)
-    return path
+    return writing.write_rows(path, (asdict(s) for s in samples), COLUMNS)
 
 
 def load_table(path: Path) -> list[Sample]:

@@ -21,9 +21,10 @@ from amf import manifest, writing
 from amf.dataset import check_images
 from amf.ensemble import Ensemble
 from amf.metrics import binary_metrics, json_safe, otsu_threshold
-from amf.plan import Plan, slug
-from amf.runs import OOF_PREDICTIONS, assemble, load_run, plan_samples
-from amf.training_data import load_crops, predict_crops, read_rows, write_rows
+from amf.plan import Plan
+from amf.predict import predict_crops
+from amf.runs import OOF_PREDICTIONS, domain_ensemble, ensemble_dir, load_run, plan_samples
+from amf.training_data import load_crops
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +48,20 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score every domain of a run; write table2.md, metrics.json, roc.png, confusion.png, predictions.csv.
 
-    `tta` (re)assembles each domain's ensemble with those test-time views; None keeps what the
-    run's ensembles were assembled with (none for ensembles not yet assembled).
+    `tta` scores each domain's ensemble with those test-time views; None keeps what the run's
+    ensembles were assembled with (none for ensembles not yet assembled). The run folder is only
+    read: an ensemble with other views is assembled in memory.
     """
     plan, _ = load_run(run_dir)
     ensembles = {name: _domain_ensemble(run_dir, name, tta) for name in plan.domains}
     if any(split.test for split in plan.domains.values()):
-        domains = [_held_out(plan, name, *ensembles[name], batch_size) for name in plan.domains]
+        domains = [_held_out(plan, name, *ensembles[name][:2], batch_size) for name in plan.domains]
     else:
         domains = _out_of_fold(plan, *ensembles[next(iter(plan.domains))], by)
     report = {
         "run": str(Path(run_dir).resolve()),
         "evaluated": "held-out domains" if plan.domain_column else f"out-of-fold predictions by {by}",
-        "tta": sorted({spec.tta for _, spec in ensembles.values()}),
+        "tta": sorted({spec.tta for _, spec, _ in ensembles.values()}),
         "thresholds": THRESHOLDS,
         "domains": {d.name: _metrics(d.labels, d.scores, d.thresholds) for d in domains},
     }
@@ -67,34 +69,38 @@ def evaluate(
     report["domains"][POOLED] = _metrics(pooled.labels, pooled.scores, pooled.thresholds)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "table2.md").write_text(format_table(report) + "\n")
+    writing.write_text_atomic(out_dir / "table2.md", format_table(report) + "\n")
     writing.write_json_atomic(out_dir / "metrics.json", json_safe(report))
-    write_rows(out_dir / "predictions.csv", _prediction_rows(domains))
+    writing.write_rows(out_dir / "predictions.csv", _prediction_rows(domains))
     plot_roc([*domains, pooled], out_dir / "roc.png")
     plot_confusion([*domains, pooled], out_dir / "confusion.png")
     log.info("report -> %s", out_dir)
     return report
 
 
-def _domain_ensemble(run_dir: Path, domain: str, tta: str | None) -> tuple[Path, manifest.Manifest]:
-    """The domain's fold ensemble in the run folder, assembled first if missing or with other views."""
-    ensemble_dir = Path(run_dir) / slug(domain)
-    if (ensemble_dir / manifest.MANIFEST_NAME).is_file():
-        spec = manifest.load(ensemble_dir)
+def _domain_ensemble(
+    run_dir: Path, domain: str, tta: str | None
+) -> tuple[Path, manifest.Manifest, list[dict[str, str]]]:
+    """The domain's fold ensemble in the run folder and its out-of-fold rows: as assembled, or
+    assembled again in memory when missing or served with other views."""
+    folder = ensemble_dir(run_dir, domain)
+    if (folder / manifest.MANIFEST_NAME).is_file():
+        spec = manifest.load(folder)
         if tta in (None, spec.tta):
-            return ensemble_dir, spec
-    return ensemble_dir, assemble(run_dir, domain, tta=tta or "none")
+            return folder, spec, writing.read_rows(folder / OOF_PREDICTIONS)
+    spec, rows = domain_ensemble(run_dir, domain, tta=tta or "none")
+    return folder, spec, rows
 
 
 def _held_out(
-    plan: Plan, domain: str, ensemble_dir: Path, spec: manifest.Manifest, batch_size: int
+    plan: Plan, domain: str, folder: Path, spec: manifest.Manifest, batch_size: int
 ) -> DomainScores:
     """The fold ensemble of `domain` on that domain's held-out crops, through its test-time views."""
     samples = plan_samples(plan)
     test = check_images([samples[i] for i in plan.domains[domain].test])
     crops = load_crops(test)
     scores = predict_crops(
-        Ensemble.load(spec, ensemble_dir),
+        Ensemble.load(spec, folder),
         [crops[s.id] for s in test],
         spec.input,
         tta=spec.tta,
@@ -105,11 +111,12 @@ def _held_out(
     return DomainScores(domain, tuple(s.id for s in test), labels, scores, thresholds)
 
 
-def _out_of_fold(plan: Plan, ensemble_dir: Path, spec: manifest.Manifest, by: str) -> list[DomainScores]:
-    """The all-domains run's out-of-fold predictions (as assembled), grouped by the table column `by`."""
+def _out_of_fold(
+    plan: Plan, folder: Path, spec: manifest.Manifest, rows: list[dict[str, str]], by: str
+) -> list[DomainScores]:
+    """The all-domains run's out-of-fold predictions, grouped by the table column `by`."""
     fixed = spec.threshold.value
     samples = plan_samples(plan)
-    rows = read_rows(ensemble_dir / OOF_PREDICTIONS)
     groups: dict[str, list[dict[str, str]]] = {}
     for row in rows:
         groups.setdefault(str(getattr(samples[row["id"]], by)), []).append(row)

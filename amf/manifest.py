@@ -7,15 +7,15 @@ the decision threshold with how it was chosen. Training writes it; inference onl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from amf.errors import ModelError
-from amf.writing import write_json_atomic
+from amf.writing import sha256_of, write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "amf-ensemble/1"
@@ -60,6 +60,43 @@ class Threshold:
 
 
 @dataclass(frozen=True)
+class OnnxGraph:
+    """One exported graph (relative to the manifest's folder) and its parity check against PyTorch."""
+
+    file: str
+    sha256: str | None = None
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+    checked_on: str | None = None
+    exporter: str | None = None
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """The ensemble's ONNX graphs by variant (ONNX_VARIANTS) and how they were made.
+
+    In manifest.json the variants, opset and parity_crops sit beside the exporting versions
+    ({"fp32": {...}, "fp16": {...}, "opset": 18, "torch": "2.14.1", ...}).
+    """
+
+    graphs: dict[str, OnnxGraph]
+    opset: int | None = None
+    parity_crops: int | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        graphs = {variant: asdict(graph) for variant, graph in self.graphs.items()}
+        return {**graphs, "opset": self.opset, "parity_crops": self.parity_crops, **self.versions}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OnnxExport:
+        """Raises TypeError or ValueError on a malformed entry (from_dict names the manifest)."""
+        graphs = {variant: OnnxGraph(**data[variant]) for variant in ONNX_VARIANTS if variant in data}
+        versions = {k: str(v) for k, v in data.items() if k not in (*ONNX_VARIANTS, "opset", "parity_crops")}
+        return cls(graphs, data.get("opset"), data.get("parity_crops"), versions)
+
+
+@dataclass(frozen=True)
 class Manifest:
     architecture: str
     input: InputSpec
@@ -70,12 +107,13 @@ class Manifest:
     reduction: str = "mean_probability"
     tta: str = "none"
     positive_class: str = "atypical"
-    onnx: dict[str, Any] | None = None
-    provenance: dict[str, Any] = field(default_factory=dict)
+    onnx: OnnxExport | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)  # free-form record; serving never reads it
     format: str = FORMAT
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["onnx"] = self.onnx.to_dict() if self.onnx else None
         for fold in data["folds"]:
             if fold["architecture"] is None:
                 del fold["architecture"]
@@ -90,12 +128,32 @@ class Manifest:
         return tuple(dict.fromkeys(self.architecture_of(fold) for fold in self.folds))
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def create(
+    model_dir: Path,
+    files: Sequence[str],
+    architectures: str | Sequence[str],
+    *,
+    input: InputSpec,
+    threshold: Threshold,
+    **details: Any,
+) -> Manifest:
+    """The one way a manifest is made in code (training, assembly, fixtures, benchmarks).
+
+    Each fold file (relative to `model_dir`) is hashed; `architectures` is one name or one per
+    file, and a fold names its own only where it differs from the first. `details` are the
+    optional fields (name, description, tta, onnx, provenance). The result passes the checks a
+    loaded manifest passes.
+    """
+    names = [architectures] * len(files) if isinstance(architectures, str) else list(architectures)
+    if len(names) != len(files):
+        raise ValueError(f"{len(files)} fold files but {len(names)} architectures")
+    folds = tuple(
+        Fold(file, sha256_of(Path(model_dir) / file), None if name == names[0] else name)
+        for file, name in zip(files, names, strict=True)
+    )
+    manifest = Manifest(names[0] if names else "", input, folds, threshold, **details)
+    _check(manifest, str(model_dir))
+    return manifest
 
 
 def check_sha256(path: Path, expected: str | None) -> None:
@@ -126,7 +184,8 @@ def from_dict(data: dict[str, Any], *, source: str = "manifest") -> Manifest:
             input=_input_spec(data["input"]),
             folds=tuple(Fold(**fold) for fold in data["folds"]),
             threshold=Threshold(**data["threshold"]),
-            **{key: data[key] for key in _OPTIONAL if key in data},
+            **{key: data[key] for key in _OPTIONAL if key in data and key != "onnx"},
+            onnx=OnnxExport.from_dict(data["onnx"]) if data.get("onnx") is not None else None,
         )
     except (TypeError, ValueError) as error:
         raise ModelError(f"{source}: malformed entry ({error})") from None
@@ -148,6 +207,7 @@ def _type_problems(data: dict[str, Any]) -> list[str]:
     ]
     checks += [(isinstance(data.get(key, ""), str), f"{key} must be a string") for key in _STRINGS]
     checks += [(isinstance(data.get("provenance", {}), dict), "provenance must be an object")]
+    checks += [(False, problem) for problem in _onnx_problems(data.get("onnx"))]
     if isinstance(spec, dict):
         checks += [
             (_is_int(spec.get("size")), "input.size must be an integer"),
@@ -175,6 +235,7 @@ def _type_problems(data: dict[str, Any]) -> list[str]:
 _STRINGS = ("name", "description", "reduction", "tta", "positive_class")
 _FOLD_FILE = "folds[].file must be a relative path inside the ensemble folder"
 _SHA256 = "folds[].sha256 must be 64 hex digits or null"
+_ONNX_FILE = f"onnx.{'/'.join(ONNX_VARIANTS)} must each be an object whose 'file' is a relative path"
 
 
 def _is_int(value: Any) -> bool:
@@ -229,21 +290,27 @@ def _check(manifest: Manifest, source: str) -> None:
         problems.append(f"tta must be one of {list(TTA_VIEWS)}, got {manifest.tta!r}")
     if manifest.positive_class != "atypical":
         problems.append("positive_class must be 'atypical'")
-    if manifest.onnx is not None:
-        problems += _onnx_problems(manifest.onnx)
+    if manifest.onnx is not None and not manifest.onnx.graphs:
+        problems.append(f"onnx names no graph; expected at least one of {ONNX_VARIANTS}")
+    if manifest.onnx is not None and not all(
+        _is_relative_file(g.file) for g in manifest.onnx.graphs.values()
+    ):
+        problems.append(_ONNX_FILE)
     if problems:
         raise ModelError(f"{source}: " + "; ".join(problems))
 
 
 def _onnx_problems(onnx: Any) -> list[str]:
     """The onnx entry maps variants (fp32, fp16) to {"file": ..., "sha256": ...}, beside metadata."""
+    if onnx is None:
+        return []
     if not isinstance(onnx, dict):
         return [f"onnx must be an object or null, got {type(onnx).__name__}"]
     graphs = [onnx[key] for key in ONNX_VARIANTS if key in onnx]
     if not graphs:
         return [f"onnx names no graph; expected at least one of {ONNX_VARIANTS}"]
     if not all(isinstance(graph, dict) and _is_relative_file(graph.get("file")) for graph in graphs):
-        return [f"onnx.{'/'.join(ONNX_VARIANTS)} must each be an object whose 'file' is a relative path"]
+        return [_ONNX_FILE]
     return []
 
 

@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from amf import writing
 from amf.errors import ModelError
 from amf.manifest import INTERPOLATIONS, InputSpec
 
@@ -35,9 +36,10 @@ def create(
         architecture: a timm model name, optionally with a pretrained tag
             (`efficientvit_l2.r256_in1k`), or one of TF_NETWORKS.
         pretrained: None for random initialisation, "hub" for timm's pretrained weights
-            (needs the network once), or a local .safetensors/.pth/.bin state dict of the same
-            architecture, e.g. from `amf import-tflite`. The new head starts at zero, so the
-            first steps do not push large random logits through the pretrained features.
+            (downloaded once; offline, a ModelError says what to use instead), or a local
+            .safetensors/.pth/.bin state dict of the same architecture, e.g. from
+            `amf import-tflite`. The new head starts at zero, so the first steps do not push
+            large random logits through the pretrained features.
     """
     name = TF_NETWORKS.get(architecture, architecture)
     if not timm.is_model(name.split(".")[0]):
@@ -45,7 +47,16 @@ def create(
     kwargs: dict = {"num_classes": num_classes, "pretrained": pretrained == "hub"}
     if architecture in TF_NETWORKS:
         kwargs["pad_type"] = "same"
-    model = timm.create_model(name, **kwargs)
+    try:
+        model = timm.create_model(name, **kwargs)
+    except Exception as error:  # huggingface_hub, urllib and timm raise many types when offline
+        if pretrained != "hub":
+            raise
+        raise ModelError(
+            f"cannot get timm's pretrained weights for {architecture!r} from the hub "
+            f"({type(error).__name__}: {str(error)[:200]}); offline, train with --pretrained FILE "
+            "(see `amf import-tflite`) or --pretrained none"
+        ) from None
     if pretrained not in (None, "hub"):
         _load_backbone(model, Path(pretrained))
     if pretrained is not None:
@@ -92,7 +103,7 @@ def save_weights(model: torch.nn.Module, path: Path, *, fp16: bool = True) -> No
         name: (t.half() if fp16 and t.is_floating_point() else t).detach().cpu().contiguous()
         for name, t in model.state_dict().items()
     }
-    save_file(state, str(path))
+    writing.write_with(path, lambda tmp: save_file(state, str(tmp)))
     Path(path).chmod(0o644)  # readable by the container's non-root user
 
 

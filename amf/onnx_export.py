@@ -39,7 +39,7 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
-from amf import manifest, models, onnx_runtime, stacks
+from amf import manifest, models, onnx_runtime, stacks, writing
 from amf.ensemble import Ensemble
 from amf.errors import ModelError
 from amf.preprocess import prepare
@@ -123,10 +123,12 @@ def export(
             networks = [spec.architecture_of(fold) for fold in spec.folds]
             graph, used = _export_graph(ensemble.members, networks, dtype, batch, exporter, opset)
             _save(graph, path)
-            entries[variant] = {**_check_parity(path, variant, batch, reference), "exporter": used}
+            entries[variant] = dataclasses.replace(
+                _check_parity(path, variant, batch, reference), exporter=used
+            )
         for variant in entries:
             os.replace(Path(tmp) / FILES[variant], model_dir / FILES[variant])
-    record = {**entries, "opset": opset, "parity_crops": len(batch), **_versions()}
+    record = manifest.OnnxExport(entries, opset=opset, parity_crops=len(batch), versions=_versions())
     updated = dataclasses.replace(spec, onnx=record)
     manifest.save(updated, model_dir)
     log.info("exported %s; max |ONNX - PyTorch| %s", model_dir, _diffs(entries))
@@ -281,7 +283,7 @@ def _exact_fp16_storage(graph: onnx.ModelProto) -> onnx.ModelProto:
     return graph
 
 
-def _check_parity(path: Path, variant: str, batch: np.ndarray, reference: np.ndarray) -> dict:
+def _check_parity(path: Path, variant: str, batch: np.ndarray, reference: np.ndarray) -> manifest.OnnxGraph:
     """Run the saved graph as inference will (full batch and one crop) and compare with PyTorch."""
     providers = onnx_runtime.default_providers() if variant == "fp16" else [onnx_runtime.CPU]
     session = onnx_runtime.OnnxEnsemble(onnx_runtime.open_session(path, providers), path.name)
@@ -293,13 +295,13 @@ def _check_parity(path: Path, variant: str, batch: np.ndarray, reference: np.nda
             f"{path.name}: ONNX differs from PyTorch by {difference:.3g} on {len(batch)} crops "
             f"(tolerance {TOLERANCE[variant]}); nothing written"
         )
-    return {
-        "file": FILES[variant],
-        "sha256": manifest.sha256_of(path),
-        "max_abs_diff": difference,
-        "tolerance": TOLERANCE[variant],
-        "checked_on": session.session.get_providers()[0],
-    }
+    return manifest.OnnxGraph(
+        file=FILES[variant],
+        sha256=writing.sha256_of(path),
+        max_abs_diff=difference,
+        tolerance=TOLERANCE[variant],
+        checked_on=session.session.get_providers()[0],
+    )
 
 
 def _versions() -> dict[str, str]:
@@ -310,5 +312,5 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _diffs(entries: dict[str, dict]) -> str:
-    return ", ".join(f"{variant} {entry['max_abs_diff']:.2g}" for variant, entry in entries.items())
+def _diffs(entries: dict[str, manifest.OnnxGraph]) -> str:
+    return ", ".join(f"{variant} {graph.max_abs_diff:.2g}" for variant, graph in entries.items())

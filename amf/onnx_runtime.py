@@ -10,6 +10,7 @@ import ctypes
 import logging
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -113,12 +114,12 @@ class OnnxEnsemble:
                 f"{model_dir}: the manifest names no ONNX graph; run `python -m amf export-onnx`"
             )
         providers = providers or default_providers()
-        variant = pick_variant(manifest.onnx, on_gpu=providers[0] == CUDA)
-        entry = manifest.onnx[variant]
-        path = Path(model_dir) / entry["file"]
+        variant = pick_variant(manifest.onnx.graphs, on_gpu=providers[0] == CUDA)
+        graph = manifest.onnx.graphs[variant]
+        path = Path(model_dir) / graph.file
         if not path.is_file():
             raise ModelError(f"{path}: ONNX graph ({variant}) named in the manifest is missing")
-        check_sha256(path, entry.get("sha256"))
+        check_sha256(path, graph.sha256)
         session = open_session(path, providers)
         check_signature(session, path, manifest.input.size)
         used = session.get_providers()[0]
@@ -177,7 +178,7 @@ def _shape_is(shape: list, *tails: list[int]) -> bool:
     return len(shape) >= 1 and any(list(shape[1:]) == list(tail) for tail in tails)
 
 
-def pick_variant(graphs: dict, *, on_gpu: bool) -> str:
+def pick_variant(graphs: Mapping[str, object], *, on_gpu: bool) -> str:
     """fp16 on the GPU, fp32 on the CPU (ONNX Runtime's CPU kernels are fp32), else what exists.
 
     `amf.manifest` has checked that `graphs` names at least one of the two.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -13,8 +13,8 @@ import numpy as np
 
 from amf import manifest, stacks, writing
 from amf.errors import AmfError, InputError, ModelError
-from amf.manifest import InputSpec
-from amf.preprocess import prepare, resize, views
+from amf.manifest import TTA_VIEWS, InputSpec, Manifest
+from amf.preprocess import prepared_batches, views
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,22 @@ def predict_views(predictor: Predictor, batch: np.ndarray, tta: str) -> np.ndarr
     return predictor.predict(np.concatenate(turned)).reshape(len(turned), len(batch)).mean(axis=0)
 
 
+def predict_crops(
+    predictor: Predictor,
+    crops: Iterable[np.ndarray],
+    spec: InputSpec,
+    *,
+    tta: str = "none",
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Mean P(atypical) of decoded crops over the test-time views `tta`, as the container scores
+    them: validation, out-of-fold scores and evaluation go through here."""
+    if tta not in TTA_VIEWS:
+        raise InputError(f"test-time augmentation must be one of {list(TTA_VIEWS)}, got {tta!r}")
+    scores = [predict_views(predictor, batch, tta) for batch in prepared_batches(crops, spec, batch_size)]
+    return np.concatenate(scores) if scores else np.zeros(0)
+
+
 def default_model_dir() -> Path:
     """grand-challenge's uploaded model tarball when it holds a manifest, else the baked-in one."""
     if (GRAND_CHALLENGE_MODEL_DIR / manifest.MANIFEST_NAME).is_file():
@@ -50,28 +66,28 @@ def default_model_dir() -> Path:
     return BAKED_MODEL_DIR
 
 
-def choose_backend(spec: manifest.Manifest, backend: str | None = None) -> str:
+def choose_backend(ensemble_manifest: Manifest, backend: str | None = None) -> str:
     """ "onnx" when the manifest names a graph, else "torch"; `backend` or AMF_BACKEND forces one."""
     backend = backend or os.environ.get(BACKEND_VARIABLE) or "auto"
     if backend not in BACKENDS:
         raise AmfError(f"back end must be one of {BACKENDS}, got {backend!r} (flag or {BACKEND_VARIABLE})")
     if backend == "auto":
-        return "onnx" if spec.onnx else "torch"
+        return "onnx" if ensemble_manifest.onnx else "torch"
     return backend
 
 
-def load_predictor(spec: manifest.Manifest, model_dir: Path, backend: str | None = None) -> Predictor:
+def load_predictor(ensemble_manifest: Manifest, model_dir: Path, backend: str | None = None) -> Predictor:
     """The ensemble on its back end (`choose_backend`).
 
     Each back end's module is imported only here: the ONNX path never loads torch or timm.
     """
-    if choose_backend(spec, backend) == "onnx":
+    if choose_backend(ensemble_manifest, backend) == "onnx":
         from amf.onnx_runtime import OnnxEnsemble
 
-        return OnnxEnsemble.load(spec, model_dir)
+        return OnnxEnsemble.load(ensemble_manifest, model_dir)
     from amf.ensemble import Ensemble
 
-    return Ensemble.load(spec, model_dir)
+    return Ensemble.load(ensemble_manifest, model_dir)
 
 
 def run(
@@ -100,18 +116,25 @@ def run(
 def _run(input_path: Path, output_dir: Path, model_dir: Path, batch_size: int, backend: str | None) -> int:
     if batch_size < 1:
         raise AmfError(f"batch size must be at least 1, got {batch_size}")
-    spec = manifest.load(model_dir)
+    ensemble_manifest = manifest.load(model_dir)
     job = stacks.discover(input_path)
     writing.check_output_dir(output_dir)
     names = [
         name for path in job.files for name in stacks.page_names(path, job.root, stacks.count_pages(path))
     ]
     log.info(
-        "ensemble %r from %s, views %s, threshold %.4f", spec.name, model_dir, spec.tta, spec.threshold.value
+        "ensemble %r from %s, views %s, threshold %.4f",
+        ensemble_manifest.name,
+        model_dir,
+        ensemble_manifest.tta,
+        ensemble_manifest.threshold.value,
     )
-    ensemble = load_predictor(spec, model_dir, backend)  # heavy imports only after the input checks
+    ensemble = load_predictor(
+        ensemble_manifest, model_dir, backend
+    )  # heavy imports only after the input checks
     scores = [
-        predict_views(ensemble, batch, spec.tta) for batch in prefetch(_batches(job, spec.input, batch_size))
+        predict_views(ensemble, batch, ensemble_manifest.tta)
+        for batch in prefetch(prepared_batches(_pages(job), ensemble_manifest.input, batch_size))
     ]
     probabilities = np.concatenate(scores)
     if len(probabilities) != len(names):
@@ -120,26 +143,16 @@ def _run(input_path: Path, output_dir: Path, model_dir: Path, batch_size: int, b
         )
     if not np.all(np.isfinite(probabilities)):
         raise ModelError(f"{model_dir}: ensemble produced non-finite P(atypical); weights are broken")
-    records = writing.predictions(probabilities, spec.threshold.value)
+    records = writing.predictions(probabilities, ensemble_manifest.threshold.value)
     writing.write_predictions(output_dir, records, None if job.grand_challenge else names)
     log.info("%d crops from %s -> %s", len(records), input_path, output_dir)
     return len(records)
 
 
-def _batches(job: stacks.Job, spec: InputSpec, batch_size: int) -> Iterator[np.ndarray]:
-    """Prepared batches of all pages in order; each page is resized as soon as it is decoded.
-
-    At most one decoded page and `batch_size` network-sized crops are held at a time.
-    """
-    crops: list[np.ndarray] = []
+def _pages(job: stacks.Job) -> Iterator[np.ndarray]:
+    """Every page of every file, in order, one decoded page at a time."""
     for path in job.files:
-        for page in stacks.iter_pages(path):
-            crops.append(resize(page, spec))
-            if len(crops) == batch_size:
-                yield prepare(crops, spec)
-                crops = []
-    if crops:
-        yield prepare(crops, spec)
+        yield from stacks.iter_pages(path)
 
 
 def prefetch(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

@@ -6,7 +6,8 @@ what is served. It needs only numpy and Pillow: the ONNX Runtime path never impo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 
 import numpy as np
 from PIL import Image
@@ -36,6 +37,15 @@ def prepare(pages: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
     for i, page in enumerate(pages):
         batch[i] = (resize(page, spec).transpose(2, 0, 1) - mean) / std
     return batch
+
+
+def prepared_batches(crops: Iterable[np.ndarray], spec: InputSpec, size: int) -> Iterator[np.ndarray]:
+    """`prepare`d batches of at most `size` crops, in order: every batching loop (serving, scoring,
+    validation, calibration). Each crop is resized as it arrives, so at most `size` network-sized
+    crops are held, whatever the pages' size."""
+    resized = (resize(crop, spec) for crop in crops)
+    while batch := list(islice(resized, size)):
+        yield prepare(batch, spec)
 
 
 def dihedral(array: np.ndarray, k: int, axes: tuple[int, int] = (-3, -2)) -> np.ndarray:

@@ -15,25 +15,27 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-from collections.abc import Sequence
-from dataclasses import asdict, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from amf import manifest, writing
+from amf import manifest, models, writing
+from amf.config import TrainConfig, config_differences
 from amf.dataset import Sample, check_images, load_table
 from amf.ensemble import Ensemble
 from amf.errors import InputError, ModelError
-from amf.manifest import Fold, Manifest, Threshold
+from amf.manifest import Manifest, Threshold
 from amf.metrics import binary_metrics, choose_threshold
 from amf.plan import Plan, load_plan, slug
-from amf.train import RESULT, VAL_PREDICTIONS, TrainConfig, config_differences, file_record, recipe, train
-from amf.training_data import load_crops, predict_crops, read_rows, write_rows
+from amf.predict import predict_crops
+from amf.runtime import is_main_process
+from amf.train import RESULT, VAL_PREDICTIONS, file_record, recipe, train
+from amf.training_data import load_crops
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ def run_plan(
         index: the index-th (domain, fold) of the whole plan (a cluster array job's task id).
         strict: fail when an image file is missing instead of excluding that crop.
     """
+    if not is_main_process():  # torchrun: only the first process reports progress
+        logging.getLogger("amf").setLevel(logging.WARNING)
     plan = load_plan(plan_path)
     samples = plan_samples(plan)
     _bind_run(Path(run_dir), Path(plan_path), config)
@@ -73,6 +77,8 @@ def run_plan(
     )
     if not todo:
         return []
+    if config.pretrained == "hub":  # offline, fail now rather than after decoding the crops
+        models.create(config.architecture, pretrained="hub")
     needed = {i for d, k in todo for ids in plan.split(d, k) for i in ids}
     present = check_images([samples[i] for i in sorted(needed)], strict=strict)
     crops = load_crops(present)
@@ -83,7 +89,9 @@ def run_plan(
         train_samples = [samples[i] for i in train_ids if i in crops]
         val_samples = [samples[i] for i in val_ids if i in crops]
         results.append(train(train_samples, val_samples, config, model_dir(run_dir, d, k), crops=crops))
-        if _is_main() and all((model_dir(run_dir, d, f) / RESULT).is_file() for f in range(plan.n_folds)):
+        if is_main_process() and all(
+            (model_dir(run_dir, d, f) / RESULT).is_file() for f in range(plan.n_folds)
+        ):
             assemble(run_dir, d)
     return results
 
@@ -114,31 +122,47 @@ def plan_samples(plan: Plan) -> dict[str, Sample]:
     table = Path(plan.table)
     if not table.is_file():
         raise InputError(f"{table}: the plan's dataset table is missing")
-    if manifest.sha256_of(table) != plan.table_sha256:
+    if writing.sha256_of(table) != plan.table_sha256:
         raise InputError(f"{table}: changed since the plan was made; make the plan again")
     return {s.id: s for s in load_table(table)}
 
 
-def read_run(run_dir: Path) -> dict:
-    """RUN/run.json checked: {"plan": path, "config": TrainConfig fields}; else one-line InputError."""
+@dataclass(frozen=True)
+class RunRecord:
+    """RUN/run.json: the plan and the training settings every model of the run shares."""
+
+    plan: Path
+    config: TrainConfig
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """RUN/run.json, checked; a missing or malformed one is a one-line InputError."""
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         raise InputError(f"{path}: not a run folder (no {RUN_FILE}); train a plan into it first")
     try:
         data = json.loads(path.read_bytes())
-        TrainConfig(**data["config"])
-        well_formed = isinstance(data["plan"], str)
+        if not isinstance(data["plan"], str):
+            raise TypeError("'plan' must be a path")
+        return RunRecord(Path(data["plan"]), TrainConfig(**data["config"]))
     except (OSError, ValueError, RecursionError, KeyError, TypeError) as error:
         raise InputError(f"{path}: malformed run record ({type(error).__name__}: {error})") from None
-    if not well_formed:
-        raise InputError(f"{path}: malformed run record ('plan' must be a path)")
-    return data
 
 
 def load_run(run_dir: Path) -> tuple[Plan, TrainConfig]:
     """The plan and settings a run folder was trained with."""
-    data = read_run(run_dir)
-    return load_plan(Path(data["plan"])), TrainConfig(**data["config"])
+    record = read_run(run_dir)
+    return load_plan(record.plan), record.config
+
+
+def settings(run_dir: Path, given: Mapping[str, Any]) -> TrainConfig:
+    """The settings a run trains with: those given (None: not given), else the run folder's own
+    (a resumed run), else TrainConfig's defaults. `pretrained="none"` means no pretrained weights."""
+    chosen = {name: value for name, value in given.items() if value is not None}
+    if chosen.get("pretrained") == "none":
+        chosen["pretrained"] = None
+    saved = asdict(read_run(run_dir).config) if (Path(run_dir) / RUN_FILE).is_file() else {}
+    return TrainConfig(**{**asdict(TrainConfig()), **saved, **chosen})
 
 
 def assemble(
@@ -168,14 +192,68 @@ def assemble(
         InputError: runs of different plans, or several runs without a target.
     """
     runs = [Path(runs)] if isinstance(runs, str | Path) else [Path(run) for run in runs]
+    if len(runs) > 1 and target is None:
+        raise InputError("an ensemble of several runs needs a target folder (--out)")
+    combined = _combine(runs, domain, method, tta)
+    if len(runs) == 1:  # the run folder always holds its latest assembly
+        ensemble, oof = domain_ensemble(runs[0], domain, method=method, tta=tta, combined=combined)
+        manifest.save(ensemble, ensemble_dir(runs[0], combined.domain))
+        writing.write_rows(ensemble_dir(runs[0], combined.domain) / OOF_PREDICTIONS, oof)
+    if target is not None:
+        target = Path(target)
+        target.mkdir(parents=True, exist_ok=True)
+        files = [f"fold{k}.safetensors" for k in range(len(combined.dirs))]
+        for d, member, name in zip(combined.dirs, combined.members, files, strict=True):
+            shutil.copyfile(d / member.folds[0].file, target / name)
+            (target / name).chmod(0o644)
+        ensemble = manifest.create(target, files, combined.architectures, **combined.fields)
+        manifest.save(ensemble, target)
+    log.info("%s: %d folds, %s", target or runs[0], len(combined.dirs), ensemble.threshold.method)
+    return ensemble
+
+
+def domain_ensemble(
+    run_dir: Path,
+    domain: str,
+    *,
+    method: str = "youden",
+    tta: str = "none",
+    combined: _Combined | None = None,
+) -> tuple[Manifest, list[dict[str, Any]]]:
+    """One run's domain as an ensemble of its fold folders, and the out-of-fold rows behind its
+    threshold; nothing is written (`assemble` writes them)."""
+    combined = combined or _combine([Path(run_dir)], domain, method, tta)
+    folder = ensemble_dir(run_dir, combined.domain)
+    files = [f"{d.name}/{m.folds[0].file}" for d, m in zip(combined.dirs, combined.members, strict=True)]
+    return manifest.create(folder, files, combined.architectures, **combined.fields), combined.oof
+
+
+def ensemble_dir(run_dir: Path, domain: str) -> Path:
+    return Path(run_dir) / slug(domain)
+
+
+@dataclass(frozen=True)
+class _Combined:
+    """Runs' fold models of one domain, their out-of-fold rows and the manifest fields they share."""
+
+    domain: str
+    dirs: list[Path]
+    members: list[Manifest]
+    oof: list[dict[str, Any]]
+    fields: dict[str, Any]
+
+    @property
+    def architectures(self) -> list[str]:
+        return [member.architecture for member in self.members]
+
+
+def _combine(runs: list[Path], domain: str, method: str, tta: str) -> _Combined:
     records = [read_run(run) for run in runs]
-    if len({record["plan"] for record in records}) > 1:
+    if len({record.plan for record in records}) > 1:
         raise InputError(
             f"runs {[str(r) for r in runs]} were trained on different plans; they cannot be mixed"
         )
-    if len(runs) > 1 and target is None:
-        raise InputError("an ensemble of several runs needs a target folder (--out)")
-    plan = load_plan(Path(records[0]["plan"]))
+    plan = load_plan(records[0].plan)
     domain = select_tasks(plan, domain=domain)[0][0]
     dirs = [model_dir(run, domain, k) for run in runs for k in range(plan.n_folds)]
     unfinished = [str(d) for d in dirs if not (d / RESULT).is_file()]
@@ -196,40 +274,28 @@ def assemble(
         threshold = choose_threshold(method, labels, scores)
     except ValueError as error:
         raise InputError(str(error)) from None
-    architecture = members[0].architecture
     networks = "+".join(dict.fromkeys(member.architecture for member in members))
-    ensemble = Manifest(
-        architecture=architecture,
-        input=members[0].input,
-        folds=(),
-        threshold=Threshold(
+    fields = {
+        "input": members[0].input,
+        "threshold": Threshold(
             threshold, f"{method} on {len(oof)} out-of-fold predictions, test-time views: {tta}"
         ),
-        name=f"{networks}-{members[0].input.size}px-{len(members)}fold-{slug(domain)}",
-        description=f"{len(members)}-fold ensemble trained on {Path(plan.table).name} "
+        "name": f"{networks}-{members[0].input.size}px-{len(members)}fold-{slug(domain)}",
+        "description": f"{len(members)}-fold ensemble trained on {Path(plan.table).name} "
         f"({_held_out(plan, domain)})",
-        tta=tta,
-        provenance={
-            "plan": file_record(Path(records[0]["plan"])),
+        "tta": tta,
+        "provenance": {
+            "plan": file_record(records[0].plan),
             "table": {"file": Path(plan.table).name, "sha256": plan.table_sha256},
             "domain": domain,
-            "training": [recipe(TrainConfig(**record["config"])) for record in records],
+            "training": [recipe(record.config) for record in records],
             "versions": members[0].provenance.get("versions", {}),
             "out_of_fold": binary_metrics(labels, scores, threshold=threshold),
             "folds": [json.loads((d / RESULT).read_text())["validation"] for d in dirs],
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
-    )
-    if len(runs) == 1:  # the run folder always holds its latest assembly
-        domain_dir = runs[0] / slug(domain)
-        write_rows(domain_dir / OOF_PREDICTIONS, oof)
-        ensemble = replace(ensemble, folds=_place_folds(dirs, members, architecture, None))
-        manifest.save(ensemble, domain_dir)
-    if target is not None:
-        ensemble = replace(ensemble, folds=_place_folds(dirs, members, architecture, Path(target)))
-        manifest.save(ensemble, target)
-    log.info("%s: %d folds, threshold %.4f (%s)", target or runs[0], len(members), threshold, method)
-    return ensemble
+    }
+    return _Combined(domain, dirs, members, oof, fields)
 
 
 def _inputs(dirs: list[Path], members: list[Manifest]) -> str:
@@ -255,7 +321,7 @@ def _out_of_fold_rows(
     plan: Plan, dirs: list[Path], members: list[Manifest], tta: str
 ) -> list[dict[str, Any]]:
     """Each fold's validation predictions: as training wrote them, or scored again through `tta`."""
-    folds = [read_rows(d / VAL_PREDICTIONS) for d in dirs]
+    folds = [writing.read_rows(d / VAL_PREDICTIONS) for d in dirs]
     rows = [row for fold in folds for row in fold]
     if tta != "none":
         samples = plan_samples(plan)
@@ -268,48 +334,23 @@ def _out_of_fold_rows(
     return rows
 
 
-def _place_folds(
-    dirs: list[Path], members: list[Manifest], architecture: str, target: Path | None
-) -> tuple[Fold, ...]:
-    """Fold entries relative to the manifest's folder (naming a fold's architecture where it is
-    not `architecture`), copying the weights when `target` is given."""
-    folds = []
-    if target is not None:
-        target.mkdir(parents=True, exist_ok=True)
-    for k, (d, m) in enumerate(zip(dirs, members, strict=True)):
-        network = None if m.architecture == architecture else m.architecture
-        if target is None:
-            folds.append(Fold(f"{d.name}/{m.folds[0].file}", m.folds[0].sha256, network))
-            continue
-        name = f"fold{k}.safetensors"
-        shutil.copyfile(d / m.folds[0].file, target / name)
-        (target / name).chmod(0o644)
-        folds.append(Fold(name, m.folds[0].sha256, network))
-    return tuple(folds)
-
-
 def _bind_run(run_dir: Path, plan_path: Path, config: TrainConfig) -> None:
     """Record (or check) that every model of this run folder shares one plan and one recipe."""
-    path = run_dir / RUN_FILE
-    record = {"plan": str(plan_path.resolve()), "config": asdict(config)}
-    if path.is_file():
+    record = RunRecord(plan_path.resolve(), config)
+    if (run_dir / RUN_FILE).is_file():
         saved = read_run(run_dir)
-        differs = config_differences(TrainConfig(**saved["config"]), config)
-        if saved["plan"] != record["plan"] or differs:
+        differs = config_differences(saved.config, config)
+        if saved.plan != record.plan or differs:
             raise InputError(
-                f"{run_dir}: holds a run of {saved['plan']} with other settings {differs}; "
+                f"{run_dir}: holds a run of {saved.plan} with other settings {differs}; "
                 "use another run folder"
             )
-    elif _is_main():
+    elif is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
-        writing.write_json_atomic(path, record)
+        writing.write_json_atomic(run_dir / RUN_FILE, {"plan": str(record.plan), "config": asdict(config)})
 
 
 def _held_out(plan: Plan, domain: str) -> str:
     if plan.domain_column is None:
         return "all domains, nothing held out"
     return f"{plan.domain_column} {domain!r} held out"
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0

@@ -31,6 +31,11 @@ class Runtime:
         return self.main and sys.stderr.isatty()
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or the only process: the one that writes shared files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def start_runtime() -> Runtime:
     """This process's runtime, joining the process group first when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from amf import dataset, manifest, models
+from amf import dataset, models, writing
 from amf.errors import ModelError
 from amf.preprocess import prepare
 from amf.training_data import load_crops
@@ -202,7 +202,7 @@ def import_tflite(
         "format": FORMAT,
         "architecture": architecture,
         "source": Path(source).name,
-        "source_sha256": manifest.sha256_of(Path(source)),
+        "source_sha256": writing.sha256_of(Path(source)),
         "licence": LICENCE,
         "calibration": calibration,
     }
@@ -214,6 +214,6 @@ def import_tflite(
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(out), metadata=metadata)
+    writing.write_with(out, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
     log.info("%s -> %s (%d tensors; %s)", source, out, len(weights), calibration)
     return metadata

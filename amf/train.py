@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,22 +30,16 @@ from torchvision.ops import sigmoid_focal_loss
 from tqdm import tqdm
 
 from amf import __version__, manifest, models, writing
+from amf.config import TrainConfig, config_differences
 from amf.dataset import Sample
 from amf.ensemble import Ensemble
 from amf.errors import InputError
-from amf.manifest import Fold, InputSpec, Manifest, Threshold
+from amf.manifest import InputSpec, Threshold
 from amf.metrics import auroc, binary_metrics, otsu_threshold, youden_threshold
-from amf.preprocess import prepare
-from amf.runtime import (
-    Runtime,
-    autocast_dtype,
-    barrier,
-    broadcast,
-    parallel,
-    seed_everything,
-    start_runtime,
-)
-from amf.training_data import BalancedSampler, CropDataset, load_crops, predict_crops, write_rows
+from amf.predict import predict_crops
+from amf.preprocess import prepared_batches
+from amf.runtime import Runtime, autocast_dtype, barrier, broadcast, parallel, seed_everything, start_runtime
+from amf.training_data import BalancedSampler, CropDataset, load_crops
 
 log = logging.getLogger(__name__)
 
@@ -54,47 +48,6 @@ LAST = "last.pt"
 METRICS = "metrics.csv"
 VAL_PREDICTIONS = "val_predictions.csv"
 RESULT = "result.json"
-_NEUTRAL = ("workers",)  # settings that cannot change the trained weights
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides a trained model; saved beside it and checked on resume."""
-
-    architecture: str = "efficientvit_l2"
-    size: int = 256
-    pretrained: str | None = None  # None, "hub" (timm's weights, needs the network) or a file
-    epochs: int = 20
-    lr: float = 2e-4
-    batch_size: int = 32
-    weight_decay: float = 0.05
-    warmup: float = 0.1  # share of steps spent warming up (one-cycle)
-    stain: float = 0.05  # H&E jitter strength; 0 turns it off
-    soft_labels: bool = False  # targets = share of experts voting atypical
-    focal_gamma: float = 2.0
-    focal_alpha: float = -1.0  # < 0: no class weighting (the sampler already balances)
-    epoch_size: int | None = None  # crops drawn per epoch; None: the training set's size
-    patience: int = 0  # stop after this many epochs without a better AUROC; 0: never
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
-    workers: int = 2
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        problems = [
-            text
-            for text, bad in (
-                (f"epochs must be >= 1, got {self.epochs}", self.epochs < 1),
-                (f"size must be >= 16, got {self.size}", self.size < 16),
-                (f"batch size must be >= 2 (batch norm), got {self.batch_size}", self.batch_size < 2),
-                (f"lr must be > 0, got {self.lr}", self.lr <= 0),
-                (f"stain must be in [0, 1), got {self.stain}", not 0 <= self.stain < 1),
-                (f"warmup must be in (0, 1), got {self.warmup}", not 0 < self.warmup < 1),
-                (f"workers must be >= 0, got {self.workers}", self.workers < 0),
-            )
-            if bad
-        ]
-        if problems:
-            raise InputError("training settings: " + "; ".join(problems))
 
 
 @dataclass
@@ -105,6 +58,34 @@ class _Progress:
     best_epoch: int = -1
     best_auroc: float = float("-inf")
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class _Fit:
+    """One model being trained: what each epoch updates, saves and resumes, and how it runs."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    runtime: Runtime
+    config: TrainConfig
+    spec: InputSpec
+
+    _SAVED = ("model", "optimizer", "scheduler", "scaler")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name).state_dict() for name in self._SAVED}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self._SAVED:
+            getattr(self, name).load_state_dict(state[name])
+
+    def autocast(self) -> AbstractContextManager:
+        """Mixed precision where the recipe and the device allow it, else a no-op."""
+        device, dtype = self.runtime.device.type, self.amp_dtype
+        return torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, config: TrainConfig) -> torch.Tensor:
@@ -140,39 +121,51 @@ def train(
     runtime = start_runtime()
     crops = crops if crops is not None else load_crops([*train_samples, *val_samples])
     spec = models.default_input_spec(config.architecture, config.size)
-    seed_everything(config.seed)
-    model = models.create(config.architecture, pretrained=config.pretrained).to(runtime.device)
-    if runtime.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     loader = _loader(train_samples, crops, spec, config, runtime)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * len(loader), pct_start=config.warmup
-    )
-    amp_dtype = autocast_dtype(config.amp, runtime.device)
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=amp_dtype == torch.float16)
-    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    progress = _resume(out_dir, parts, config, runtime.device)
-    network = parallel(model, runtime)
+    seed_everything(config.seed)
+    fit = _start(config, runtime, spec, steps=config.epochs * len(loader))
+    progress = _resume(fit, out_dir)
+    network = parallel(fit.model, runtime)
     val_crops = [crops[s.id] for s in val_samples]
     val_labels = np.array([s.label for s in val_samples])
     started = time.perf_counter()
     for epoch in range(progress.epoch + 1, config.epochs):
         loader.sampler.epoch = loader.dataset.epoch = epoch
-        row = _train_epoch(network, loader, optimizer, scheduler, scaler, config, amp_dtype, runtime, epoch)
+        row = _train_epoch(fit, network, loader, epoch)
         stop = False
         if runtime.main:
-            row.update(_validate(model, val_crops, val_labels, spec, config, amp_dtype, runtime.device))
-            stop = _end_epoch(out_dir, epoch, row, progress, parts, config)
+            row.update(_validate(fit, val_crops, val_labels))
+            stop = _end_epoch(fit, out_dir, row, progress)
         if broadcast(stop, runtime):
             break
     result = (
-        _finish(out_dir, train_samples, val_samples, val_crops, spec, config, progress, started)
+        _finish(fit, out_dir, train_samples, val_samples, val_crops, progress, started)
         if runtime.main
         else {}
     )
     barrier(runtime)
     return result
+
+
+def _start(config: TrainConfig, runtime: Runtime, spec: InputSpec, *, steps: int) -> _Fit:
+    """The network from the model factory, AdamW and a one-cycle schedule over all `steps`."""
+    model = models.create(config.architecture, pretrained=config.pretrained).to(runtime.device)
+    if runtime.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    amp_dtype = autocast_dtype(config.amp, runtime.device)
+    return _Fit(
+        model=model,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=steps, pct_start=config.warmup
+        ),
+        scaler=torch.amp.GradScaler(runtime.device.type, enabled=amp_dtype == torch.float16),
+        amp_dtype=amp_dtype,
+        runtime=runtime,
+        config=config,
+        spec=spec,
+    )
 
 
 def _loader(
@@ -206,26 +199,16 @@ def _loader(
     )
 
 
-def _train_epoch(
-    network: torch.nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    config: TrainConfig,
-    amp_dtype: torch.dtype | None,
-    runtime: Runtime,
-    epoch: int,
-) -> dict[str, float]:
+def _train_epoch(fit: _Fit, network: torch.nn.Module, loader: DataLoader, epoch: int) -> dict[str, float]:
     """One pass over the sampler; returns loss, learning rate, throughput and the data-wait share."""
     network.train()
-    device = runtime.device
+    device, config = fit.runtime.device, fit.config
     memory = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     total_loss = torch.zeros((), device=device)
     chance_loss = torch.zeros((), device=device)  # a network that always says 50 %
     waited, seen, started = 0.0, 0, time.perf_counter()
     batches = tqdm(
-        loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not runtime.show_bar
+        loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not fit.runtime.show_bar
     )
     iterator = iter(batches)
     for _ in range(len(loader)):
@@ -234,14 +217,14 @@ def _train_epoch(
         waited += time.perf_counter() - ready
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory)
         targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with fit.autocast():
             logits = network(images).float().reshape(-1)
         loss = focal_loss(logits, targets, config)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        fit.optimizer.zero_grad(set_to_none=True)
+        fit.scaler.scale(loss).backward()
+        fit.scaler.step(fit.optimizer)
+        fit.scaler.update()
+        fit.scheduler.step()
         total_loss += loss.detach()
         chance_loss += focal_loss(torch.zeros_like(logits), targets, config).detach()
         seen += len(images)
@@ -249,61 +232,45 @@ def _train_epoch(
     elapsed = time.perf_counter() - started
     return {
         "epoch": epoch + 1,
-        "lr": scheduler.get_last_lr()[0],
+        "lr": fit.scheduler.get_last_lr()[0],
         "train_loss": total_loss.item() / len(loader),
         "chance_loss": chance_loss.item() / len(loader),
-        "images_per_s": seen * runtime.world / elapsed,
+        "images_per_s": seen * fit.runtime.world / elapsed,
         "data_wait_share": waited / elapsed,
         "seconds": elapsed,
     }
 
 
 @torch.inference_mode()
-def _validate(
-    model: torch.nn.Module,
-    crops: list[np.ndarray],
-    labels: np.ndarray,
-    spec: InputSpec,
-    config: TrainConfig,
-    amp_dtype: torch.dtype | None,
-    device: torch.device,
-) -> dict[str, float]:
+def _validate(fit: _Fit, crops: list[np.ndarray], labels: np.ndarray) -> dict[str, float]:
     """Validation loss, AUROC and balanced accuracy at Otsu's threshold, from the live model."""
-    model.eval()
+    fit.model.eval()
     logits = []
-    for start in range(0, len(crops), 2 * config.batch_size):
-        batch = torch.from_numpy(prepare(crops[start : start + 2 * config.batch_size], spec)).to(device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits.append(model(batch).float().reshape(-1).cpu())
+    for batch in prepared_batches(crops, fit.spec, 2 * fit.config.batch_size):
+        with fit.autocast():
+            logits.append(fit.model(torch.from_numpy(batch).to(fit.runtime.device)).float().reshape(-1).cpu())
     logits = torch.cat(logits)
-    targets = torch.as_tensor(labels, dtype=torch.float32)
-    loss = focal_loss(logits, targets, config)
+    loss = focal_loss(logits, torch.as_tensor(labels, dtype=torch.float32), fit.config)
     scores = torch.sigmoid(logits).double().numpy()
     balanced = binary_metrics(labels, scores, threshold=otsu_threshold(scores))["balanced_accuracy"]
     return {"val_loss": loss.item(), "val_auroc": auroc(labels, scores), "val_ba_otsu": balanced}
 
 
-def _end_epoch(
-    out_dir: Path,
-    epoch: int,
-    row: dict[str, float],
-    progress: _Progress,
-    parts: dict[str, Any],
-    config: TrainConfig,
-) -> bool:
+def _end_epoch(fit: _Fit, out_dir: Path, row: dict[str, float], progress: _Progress) -> bool:
     """Keep the best weights, save the state to resume from, rewrite metrics.csv; True to stop early."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    epoch, config = row["epoch"] - 1, fit.config
     if progress.best_epoch < 0 or row["val_auroc"] > progress.best_auroc:
         progress.best_epoch, progress.best_auroc = epoch, row["val_auroc"]
-        models.save_weights(parts["model"], out_dir / WEIGHTS)
+        models.save_weights(fit.model, out_dir / WEIGHTS)
     progress.epoch = epoch
     progress.history.append(row)
-    state = {name: part.state_dict() for name, part in parts.items()}
-    state.update(progress=asdict(progress), config=asdict(config), torch_rng=torch.get_rng_state())
+    state = {**fit.state_dict(), "progress": asdict(progress), "config": asdict(config)}
+    state["torch_rng"] = torch.get_rng_state()
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state()
-    _save_atomic(state, out_dir / LAST)
-    write_rows(out_dir / METRICS, progress.history)
+    writing.write_with(out_dir / LAST, lambda tmp: torch.save(state, tmp))
+    writing.write_rows(out_dir / METRICS, progress.history)
     if epoch == 0 and row["train_loss"] >= 0.98 * row["chance_loss"]:
         log.warning(
             "%s: after the first epoch the training loss (%.4f) is no lower than always answering "
@@ -321,22 +288,21 @@ def _end_epoch(
     return config.patience > 0 and epoch - progress.best_epoch >= config.patience
 
 
-def _resume(out_dir: Path, parts: dict[str, Any], config: TrainConfig, device: torch.device) -> _Progress:
+def _resume(fit: _Fit, out_dir: Path) -> _Progress:
     """Restore the state saved after the last finished epoch, if any."""
     path = out_dir / LAST
     if not path.is_file():
         return _Progress()
-    state = torch.load(path, map_location=device, weights_only=False)
-    differs = config_differences(TrainConfig(**state["config"]), config)
+    state = torch.load(path, map_location=fit.runtime.device, weights_only=False)
+    differs = config_differences(TrainConfig(**state["config"]), fit.config)
     if differs:
         raise InputError(f"{out_dir}: was trained with other settings ({differs}); use another output folder")
-    for name, part in parts.items():
-        part.load_state_dict(state[name])
+    fit.load_state_dict(state)
     torch.set_rng_state(state["torch_rng"].cpu())
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda_rng"].cpu())
     progress = _Progress(**state["progress"])
-    log.info("%s: resuming after epoch %d of %d", out_dir, progress.epoch + 1, config.epochs)
+    log.info("%s: resuming after epoch %d of %d", out_dir, progress.epoch + 1, fit.config.epochs)
     return progress
 
 
@@ -355,39 +321,27 @@ def recipe(config: TrainConfig) -> dict[str, Any]:
 
 def file_record(path: Path) -> dict[str, str]:
     """A file named without the machine's folders: its name and sha256."""
-    return {"file": path.name, "sha256": manifest.sha256_of(path)}
-
-
-def config_differences(saved: TrainConfig, wanted: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    """Settings that differ between two recipes (saved, wanted), ignoring those that cannot change weights."""
-    names = [f.name for f in fields(TrainConfig) if f.name not in _NEUTRAL]
-    return {
-        n: (getattr(saved, n), getattr(wanted, n)) for n in names if getattr(saved, n) != getattr(wanted, n)
-    }
+    return {"file": path.name, "sha256": writing.sha256_of(path)}
 
 
 def _finish(
+    fit: _Fit,
     out_dir: Path,
     train_samples: Sequence[Sample],
     val_samples: Sequence[Sample],
     val_crops: list[np.ndarray],
-    spec: InputSpec,
-    config: TrainConfig,
     progress: _Progress,
     started: float,
 ) -> dict[str, Any]:
     """Score the saved best weights through Ensemble (as served), write manifest and result."""
-    draft = Manifest(
-        architecture=config.architecture,
-        input=spec,
-        folds=(Fold(WEIGHTS, manifest.sha256_of(out_dir / WEIGHTS)),),
-        threshold=Threshold(0.5, "placeholder"),
-        name=out_dir.name,
+    config = fit.config
+    draft = manifest.create(
+        out_dir, [WEIGHTS], config.architecture, input=fit.spec, threshold=Threshold(0.5, "placeholder")
     )
-    scores = predict_crops(Ensemble.load(draft, out_dir), val_crops, spec)
+    scores = predict_crops(Ensemble.load(draft, out_dir), val_crops, fit.spec)
     labels = np.array([s.label for s in val_samples])
     threshold = youden_threshold(labels, scores)
-    write_rows(
+    writing.write_rows(
         out_dir / VAL_PREDICTIONS,
         [
             {"id": s.id, "label": s.label, "p_atypical": repr(float(p))}
@@ -406,7 +360,10 @@ def _finish(
     }
     provenance = {key: result[key] for key in ("config", "best_epoch", "n_train", "validation", "versions")}
     final = replace(
-        draft, threshold=Threshold(threshold, "youden on this fold's validation set"), provenance=provenance
+        draft,
+        name=out_dir.name,
+        threshold=Threshold(threshold, "youden on this fold's validation set"),
+        provenance=provenance,
     )
     manifest.save(final, out_dir)
     writing.write_json_atomic(out_dir / RESULT, result)
@@ -423,9 +380,3 @@ def _finish(
 def _versions() -> dict[str, str]:
     timm = metadata.version("timm")  # by metadata: only amf.models imports timm
     return {"amf": __version__, "torch": torch.__version__, "timm": timm, "python": platform.python_version()}
-
-
-def _save_atomic(state: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)

@@ -1,20 +1,16 @@
-"""Crops in memory, as the trainer samples them and as ensembles score them.
+"""Crops in memory, as the trainer samples them.
 
 Crops are decoded once (they are small), then each training item is augmented from its uint8
 crop and prepared by `amf.preprocess.prepare`, exactly as the container prepares its input.
-Also the small CSV helpers the training outputs share.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from io import StringIO
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,12 +19,8 @@ from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 from amf import stacks
 from amf.augment import augment
 from amf.dataset import Sample
-from amf.ensemble import Ensemble
-from amf.errors import InputError
-from amf.manifest import TTA_VIEWS, InputSpec
-from amf.predict import predict_views
+from amf.manifest import InputSpec
 from amf.preprocess import prepare
-from amf.writing import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +34,6 @@ def load_crops(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
         "decoded %d crops into memory (%.0f MiB)", len(crops), sum(c.nbytes for c in crops.values()) / 2**20
     )
     return crops
-
-
-def predict_crops(
-    ensemble: Ensemble,
-    crops: Sequence[np.ndarray],
-    spec: InputSpec,
-    *,
-    tta: str = "none",
-    batch_size: int = 64,
-) -> np.ndarray:
-    """Mean P(atypical) of `ensemble` over the test-time views `tta`, batch by batch, as served."""
-    if tta not in TTA_VIEWS:
-        raise InputError(f"test-time augmentation must be one of {list(TTA_VIEWS)}, got {tta!r}")
-    scores = np.zeros(len(crops))
-    for start in range(0, len(crops), batch_size):
-        batch = crops[start : start + batch_size]
-        scores[start : start + len(batch)] = predict_views(ensemble, prepare(batch, spec), tta)
-    return scores
 
 
 class CropDataset(Dataset):
@@ -102,18 +76,3 @@ class BalancedSampler(Sampler):
 
     def __len__(self) -> int:
         return self.num_samples // self.world
-
-
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write dict rows as CSV atomically (a killed run never leaves half a file)."""
-    text = StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, text.getvalue())
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV written by this module (metrics, validation predictions)."""
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))

@@ -8,12 +8,13 @@ of them are complete are they renamed into place. Training and evaluation use th
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 import signal
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -145,9 +146,48 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return path
 
 
+def write_with(path: Path, save: Callable[[Path], object]) -> Path:
+    """What `save(tmp)` writes beside `path` (a checkpoint, say), renamed into place when complete;
+    on any failure the temporary file goes and an earlier `path` stays as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_json_atomic(path: Path, data: Any) -> Path:
     """Write JSON beside `path` under a temporary name, then rename it into place."""
     return write_text_atomic(path, json_text(data))
+
+
+def write_rows(path: Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None) -> Path:
+    """Dict rows as CSV (dataset tables, metrics, predictions, reports), atomically; the columns
+    are `columns`, else the first row's keys."""
+    rows = list(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns or (list(rows[0]) if rows else []), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text_atomic(path, text.getvalue())
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows `write_rows` wrote."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def sha256_of(path: Path) -> str:
+    """The digest recorded beside every file another file refers to (weights, graphs, tables)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def json_text(data: Any) -> str:

@@ -24,7 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from amf import dataset, train, training_data  # noqa: E402
+from amf import dataset, train, writing  # noqa: E402
+from amf.config import TrainConfig  # noqa: E402
 
 AMIBR = ROOT.parent / "shared" / "data" / "ami-br"
 
@@ -57,7 +58,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="the last one is reported")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    config = train.TrainConfig(
+    config = TrainConfig(
+        pretrained=None,
         architecture=args.arch,
         size=args.size,
         batch_size=args.batch_size,
@@ -69,7 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         samples = crops(1000, Path(scratch))
         train.train(samples[64:], samples[:64], config, Path(scratch) / "model")
-        last = training_data.read_rows(Path(scratch) / "model" / train.METRICS)[-1]
+        last = writing.read_rows(Path(scratch) / "model" / train.METRICS)[-1]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})"
     result = {
         "device": device,

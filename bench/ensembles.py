@@ -38,16 +38,15 @@ def random_folds(folder: Path, architecture: str, size: int) -> Path:
     from amf import models
 
     folder.mkdir(parents=True, exist_ok=True)
-    folds = []
-    for fold in range(FOLDS):
+    files = [f"fold{fold}.safetensors" for fold in range(FOLDS)]
+    for fold, file in enumerate(files):
         torch.manual_seed(fold)
-        path = folder / f"fold{fold}.safetensors"
-        models.save_weights(models.create(architecture), path)
-        folds.append(manifest.Fold(path.name, manifest.sha256_of(path)))
-    spec = manifest.Manifest(
-        architecture=architecture,
+        models.save_weights(models.create(architecture), folder / file)
+    spec = manifest.create(
+        folder,
+        files,
+        architecture,
         input=models.default_input_spec(architecture, size),
-        folds=tuple(folds),
         threshold=manifest.Threshold(0.5, "fixed (benchmark, random weights)"),
         name=f"bench-{architecture}-{size}",
         description="Random weights, for timing only.",

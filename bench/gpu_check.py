@@ -41,7 +41,7 @@ import bench_inference as bench  # noqa: E402
 import ensembles  # noqa: E402
 import warm_timing  # noqa: E402
 
-from amf import manifest, plan, stacks  # noqa: E402
+from amf import manifest, plan, stacks, writing  # noqa: E402
 from amf.manifest import ONNX_VARIANTS, TTA_VIEWS  # noqa: E402
 from amf.predict import BAKED_MODEL_DIR, predict_views  # noqa: E402
 from amf.writing import exit_on_terminate  # noqa: E402
@@ -144,7 +144,7 @@ def check_onnx_cuda(workdir: Path) -> Row:
     spec, batch, reference = cpu_reference(folder)
     figures, ok = [], True
     for variant in ONNX_VARIANTS:
-        path = folder / spec.onnx[variant]["file"]
+        path = folder / spec.onnx.graphs[variant].file
         session = onnx_runtime.open_session(path, [onnx_runtime.CUDA, onnx_runtime.CPU])
         on_cuda = session.get_providers()[0] == onnx_runtime.CUDA
         scores = predict_views(onnx_runtime.OnnxEnsemble(session), batch, spec.tta)
@@ -191,13 +191,13 @@ def tiny_training(launcher: list[str], run: Path, workdir: Path, note: str) -> R
 
     Its output goes to this process's stderr, so a failure or a timeout reports its end.
     """
-    from amf import runs, train, training_data
+    from amf import runs, train
 
     arguments = ["-m", "amf", "train", "--plan", str(tiny_plan(workdir)), "--out", str(run), "--fold", "0"]
     arguments += ["--arch", TRAIN_ARCH, "--size", str(TRAIN_SIZE), "--pretrained", "none", "--epochs", "3"]
     arguments += ["--epoch-size", "256", "--batch-size", "32", "--lr", TRAIN_LR, "--workers", "2"]
     subprocess.run([*launcher, *arguments], cwd=ROOT, stdout=sys.stderr, check=True)
-    rows = training_data.read_rows(runs.model_dir(run, plan.ALL, 0) / train.METRICS)
+    rows = writing.read_rows(runs.model_dir(run, plan.ALL, 0) / train.METRICS)
     losses = [float(row["train_loss"]) for row in rows]
     speed = float(rows[-1]["images_per_s"])
     figure = f"{note}; train loss {' > '.join(f'{x:.3f}' for x in losses)}; {speed:.0f} images/s"

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from amf import models, runs  # noqa: E402
-from amf.train import TrainConfig  # noqa: E402
+from amf.config import TrainConfig  # noqa: E402
 
 
 def main() -> None:
@@ -49,7 +49,7 @@ def main() -> None:
         models.create = zero_head
     config = TrainConfig(
         architecture=args.arch, size=128, epochs=3, epoch_size=640, lr=args.lr, batch_size=32,
-        weight_decay=0.05, stain=0.05, soft_labels=False, workers=0, seed=0,
+        weight_decay=0.05, stain=0.05, soft_labels=False, workers=0, seed=0, pretrained=None,
     )  # fmt: skip
     runs.run_plan(args.plan, args.out, config, fold=0)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from amf.train import METRICS, RESULT  # noqa: E402
-from amf.training_data import read_rows  # noqa: E402
+from amf.writing import read_rows  # noqa: E402
 
 
 def summarise(run: Path) -> list[str]:

@@ -129,8 +129,8 @@ def _onnx_steps(
     from amf.onnx_runtime import CPU, default_providers, pick_variant
 
     providers = default_providers()
-    variants = [pick_variant(spec.onnx, on_gpu=providers[0] != CPU)]
-    if providers[0] != CPU and "fp32" in spec.onnx and variants[0] != "fp32":
+    variants = [pick_variant(spec.onnx.graphs, on_gpu=providers[0] != CPU)]
+    if providers[0] != CPU and "fp32" in spec.onnx.graphs and variants[0] != "fp32":
         variants.append("fp32")  # what fp16 buys on the GPU
     level = ort.GraphOptimizationLevel
     settings = [("off", level.ORT_DISABLE_ALL), ("basic", level.ORT_ENABLE_BASIC)]
@@ -138,7 +138,7 @@ def _onnx_steps(
     cpus = usable_cpus()
     rows = []
     for variant in variants:
-        graph = model_dir / spec.onnx[variant]["file"]
+        graph = model_dir / spec.onnx.graphs[variant].file
         for name, value in settings:
             for threads in sorted({1, cpus}) if name == "all" else [cpus]:
                 options = ort.SessionOptions()

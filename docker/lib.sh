@@ -77,6 +77,10 @@ logged() {
 
 image_exists() { engine image inspect "$1" >/dev/null 2>&1; }
 
+image_size() {
+    engine image inspect --format '{{.Size}}' "$1" | awk '{ printf "%.0f MB", $1 / 1e6 }'
+}
+
 # The base an image was built from (recorded by the Dockerfiles as a label).
 image_base() {
     local base
@@ -121,12 +125,15 @@ ensure_serve_venv() { prepare_venv "$SERVE_VENV" requirements-serve.txt "seconds
 # exist only while RUN steps run, so no content is baked into an image; podman 4.3 leaves the
 # empty mount points (/etc/pip.conf, the folders) in the stand-in base, whose first build made them.
 pip_mounts() {
-    local conf="$ROOT/build/podman/pip.conf" folder
+    local conf="$ROOT/build/podman/pip.conf" folders folder
     mkdir -p "$(dirname "$conf")"
+    # An assignment, not `done < <(...)`, whose failure bash would ignore.
+    folders=$(python3 "$ROOT/docker/pip_sources.py" "$conf") \
+        || die "docker/pip_sources.py could not list this machine's pip sources"
     PIP_MOUNTS=(--volume "$conf:/etc/pip.conf:ro")
     while read -r folder; do
         [[ -n $folder ]] && PIP_MOUNTS+=(--volume "$folder:$folder:ro")
-    done < <(python3 "$ROOT/docker/pip_sources.py" "$conf")
+    done <<<"$folders"
     local ca=/etc/ssl/certs/ca-certificates.crt
     [[ -f $ca ]] && PIP_MOUNTS+=(--volume "$ca:$ca:ro")
     return 0

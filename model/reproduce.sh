@@ -35,7 +35,7 @@ mkdir -p "$WORK"
 RECIPE=(--size 128 --epochs 10 --lr 1e-3 --batch-size 32 --weight-decay 0.05 --stain 0.05 --soft-labels
     --workers 0 --seed 0)
 # From scratch (recipe r1/r4): the leave-one-domain-out report.
-SCRATCH=(--arch efficientvit_m0 --size 128 --epochs 15 --lr 2e-3 --batch-size 32
+SCRATCH=(--pretrained none --arch efficientvit_m0 --size 128 --epochs 15 --lr 2e-3 --batch-size 32
     --weight-decay 0.05 --stain 0.05 --soft-labels --workers 1 --seed 0)
 TTA=dihedral  # test-time views: served by the container, and behind the out-of-fold threshold
 NETWORKS=(mobilenetv2:mobilenet_v2_1.0_224_quant mobilenetv1:mobilenet_v1_1.0_224_quant_embedding_extractor)

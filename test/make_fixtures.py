@@ -64,19 +64,19 @@ def write_stack(path: Path, pages: list[np.ndarray]) -> None:
 
 def build_fixture_ensemble(folds: int = 3) -> None:
     FIXTURE_DIR.mkdir(parents=True, exist_ok=True)
-    entries = []
+    files = []
     for fold in range(folds):
         torch.manual_seed(SEED + fold)
-        path = FIXTURE_DIR / f"fold{fold}.safetensors"
-        models.save_weights(models.create(FIXTURE_ARCH), path)
-        entries.append(manifest.Fold(file=path.name, sha256=manifest.sha256_of(path)))
-    spec = manifest.Manifest(
+        files.append(f"fold{fold}.safetensors")
+        models.save_weights(models.create(FIXTURE_ARCH), FIXTURE_DIR / files[-1])
+    spec = manifest.create(
+        FIXTURE_DIR,
+        files,
+        FIXTURE_ARCH,
+        input=models.default_input_spec(FIXTURE_ARCH, 64),
+        threshold=manifest.Threshold(value=0.5, method="fixed 0.5 (test fixture, not tuned)"),
         name="test-fixture",
         description=f"TEST FIXTURE: random weights, seed {SEED}; exercises the code, predicts nothing.",
-        architecture=FIXTURE_ARCH,
-        input=models.default_input_spec(FIXTURE_ARCH, 64),
-        folds=tuple(entries),
-        threshold=manifest.Threshold(value=0.5, method="fixed 0.5 (test fixture, not tuned)"),
         provenance={"made_by": "test/make_fixtures.py", "seed": SEED},
     )
     manifest.save(spec, FIXTURE_DIR)

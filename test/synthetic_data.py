@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from amf.config import TrainConfig
 from amf.dataset import Sample, save_table
-from amf.train import TrainConfig
 
 TINY = TrainConfig(
+    pretrained=None,
     architecture="test_efficientnet",
     size=32,
     epochs=2,

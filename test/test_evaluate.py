@@ -13,7 +13,7 @@ from synthetic_data import TINY, make_table
 from amf import evaluate, manifest, plan, runs
 from amf.__main__ import main
 from amf.metrics import binary_metrics, otsu_threshold
-from amf.training_data import read_rows
+from amf.writing import read_rows
 
 
 def _run(root, domain_column):
@@ -24,18 +24,19 @@ def _run(root, domain_column):
     return root / "run"
 
 
-@pytest.fixture(scope="module")
-def lodo_run(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("lodo"), "cancer_type")
+# `lodo_run` (conftest, once per session): the finished leave-one-domain-out run that
+# test_runs.py shares; read-only here.
 
 
 def test_held_out_domains_report(lodo_run, tmp_path):
+    before = {path: path.read_bytes() for path in lodo_run.rglob("*") if path.is_file()}
     report = evaluate.evaluate(lodo_run, tmp_path, tta="flips")
+    assert {path: path.read_bytes() for path in lodo_run.rglob("*") if path.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "confusion.png", "metrics.json", "predictions.csv", "roc.png", "table2.md"
     ]  # fmt: skip
     assert list(report["domains"]) == ["alpha", "beta", evaluate.POOLED]
-    assert report["tta"] == ["flips"] and manifest.load(lodo_run / "beta").tta == "flips"
+    assert report["tta"] == ["flips"] and manifest.load(lodo_run / "beta").tta == "none"
     rows = read_rows(tmp_path / "predictions.csv")
     alpha = [r for r in rows if r["domain"] == "alpha"]
     labels = np.array([int(r["label"]) for r in alpha])
@@ -43,7 +44,7 @@ def test_held_out_domains_report(lodo_run, tmp_path):
     assert float(alpha[0]["threshold_otsu"]) == otsu_threshold(scores)
     expected = binary_metrics(labels, scores, threshold=otsu_threshold(scores))
     assert report["domains"]["alpha"]["otsu"] == pytest.approx(expected, nan_ok=True)
-    fixed = json.loads((lodo_run / "alpha" / "manifest.json").read_text())["threshold"]["value"]
+    fixed = runs.domain_ensemble(lodo_run, "alpha", tta="flips")[0].threshold.value
     assert report["domains"]["alpha"]["fixed"]["threshold"] == fixed
     assert report["domains"][evaluate.POOLED]["otsu"]["n"] == len(rows) == 72
     assert (
@@ -53,7 +54,8 @@ def test_held_out_domains_report(lodo_run, tmp_path):
     assert table.startswith("Test-time views: flips")
     assert "| alpha | 36 | 12 |" in table and "| Pooled | 72 | 24 |" in table
     for figure in ("roc.png", "confusion.png"):
-        assert Image.open(tmp_path / figure).size[0] > 500
+        with Image.open(tmp_path / figure) as image:
+            assert image.size[0] > 500
 
 
 def test_all_domains_run_reports_out_of_fold_metrics(tmp_path_factory, tmp_path):
@@ -101,6 +103,8 @@ def test_real_amibr_pipeline_from_the_command_line(tmp_path, capsys):
         "64",
         "--workers",
         "0",
+        "--pretrained",
+        "none",
     ]
     assert main(["train", "--plan", str(plan_file), "--out", str(run), *tiny]) == 0
     assert main(["evaluate", "--run", str(run), "--out", str(report), "--tta", "flips"]) == 0

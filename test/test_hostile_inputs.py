@@ -2,7 +2,7 @@
 
 Every failing case must end with exit status 2, exactly one ERROR line that names the file and
 the problem, no traceback, and nothing in the output folder. The cases that must succeed check
-the output itself; the memory cases check that reading streams whatever a file claims.
+the output itself (manifests and options: test_hostile_settings.py; memory: test_hostile_memory.py).
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
-import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT
+from conftest import FIXTURE_ENSEMBLE, SAMPLE_INPUT
+from hostile import assert_one_error_line, deep_json, mha_file, run_cli
 from make_fixtures import synthetic_crops, write_stack
 from PIL import Image
 
@@ -46,16 +45,6 @@ def gc_input(root: Path, relative_path: object = f"images/{stacks.SLUG}", stack:
         json.dumps([{"interface": {"slug": stacks.SLUG, "relative_path": relative_path}}])
     )
     return root
-
-
-def mha_file(path: Path, header: dict[str, str], data: bytes = b"") -> Path:
-    """A MetaImage file written by hand: every header field is the test's to choose."""
-    fields = {"ObjectType": "Image", "NDims": "2", "BinaryData": "True", "CompressedData": "False"}
-    fields |= {"DimSize": "8 8", "ElementType": "MET_UCHAR"} | header
-    fields["ElementDataFile"] = header.get("ElementDataFile", "LOCAL")
-    text = "".join(f"{key} = {value}\n" for key, value in fields.items())
-    path.write_bytes(text.encode() + data)
-    return path
 
 
 def sitk_mha(path: Path, array: np.ndarray, *, vector: bool = True) -> Path:
@@ -92,10 +81,6 @@ def gc_with(change: Callable[[Path, Path], object], **layout) -> Callable[[Path]
         return root
 
     return build
-
-
-def deep_json(depth: int = 100_000) -> str:
-    return "[" * depth + "]" * depth
 
 
 def fifo(path: Path) -> None:
@@ -282,18 +267,6 @@ INPUT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
 }
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "inference.py", *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess, message: str) -> None:
-    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
-    assert result.returncode == 2, result.stderr
-    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert re.search(message, errors[0]), (message, errors[0])
-
-
 @pytest.mark.parametrize("case", sorted(INPUT_CASES))
 def test_bad_input_is_refused_before_the_model_loads(tmp_path: Path, case: str) -> None:
     build, message = INPUT_CASES[case]
@@ -303,92 +276,6 @@ def test_bad_input_is_refused_before_the_model_loads(tmp_path: Path, case: str) 
     assert_one_error_line(result, message)
     assert not output.exists()
     assert "loaded" not in result.stderr  # failed before any weights were read
-
-
-def manifest_with(tmp: Path, change: Callable[[dict], object]) -> Path:
-    model = Path(shutil.copytree(FIXTURE_ENSEMBLE, tmp / "model"))
-    data = json.loads((model / "manifest.json").read_text())
-    change(data)
-    (model / "manifest.json").write_text(json.dumps(data) if not isinstance(data, str) else data)
-    return model
-
-
-MANIFEST_CASES: dict[str, tuple[Callable[[dict], object], str]] = {
-    "threshold true": (
-        lambda d: d["threshold"].update(value=True),
-        "threshold.value must be a finite number",
-    ),
-    "threshold string": (
-        lambda d: d["threshold"].update(value="0.5"),
-        "threshold.value must be a finite number",
-    ),
-    "threshold above 1": (lambda d: d["threshold"].update(value=1.5), r"threshold.value must be in \[0, 1\]"),
-    "std infinite": (
-        lambda d: d["input"].update(std=[float("inf")] * 3),
-        "input.std must be a list of finite",
-    ),
-    "mean NaN": (lambda d: d["input"].update(mean=[float("nan")] * 3), "input.mean must be a list of finite"),
-    "tta a list": (lambda d: d.update(tta=["dihedral"]), "tta must be a string"),
-    "fold file a number": (
-        lambda d: d["folds"][0].update(file=7),
-        r"folds\[\]\.file must be a relative path",
-    ),
-    "fold file climbs out": (
-        lambda d: d["folds"][0].update(file="../x"),
-        r"folds\[\]\.file must be a relative",
-    ),
-    "fold sha256 junk": (lambda d: d["folds"][0].update(sha256="abc"), r"folds\[\]\.sha256 must be 64 hex"),
-    "size enormous": (
-        lambda d: d["input"].update(size=60000),
-        r"input\.size must be in 16\.\.1024, got 60000",
-    ),
-    "size a float": (lambda d: d["input"].update(size=128.5), r"input\.size must be an integer"),
-    "onnx file absolute": (
-        lambda d: d.update(onnx={"fp32": {"file": "/etc/passwd"}}),
-        "'file' is a relative path",
-    ),
-}
-
-
-@pytest.mark.parametrize("case", sorted(MANIFEST_CASES))
-def test_bad_manifest_is_one_line(tmp_path: Path, case: str) -> None:
-    change, message = MANIFEST_CASES[case]
-    model = manifest_with(tmp_path, change)
-    result = run_cli("--input", str(SAMPLE_INPUT), "--output", str(tmp_path / "out"), "--model", str(model))
-    assert_one_error_line(result, rf"manifest\.json: .*{message}")
-    assert not (tmp_path / "out").exists()
-
-
-def test_manifest_nested_deep_or_not_an_object(tmp_path: Path) -> None:
-    for text, message in [
-        (deep_json(), r"not valid JSON \(RecursionError"),
-        ("[1]", "expected a JSON object"),
-    ]:
-        model = Path(shutil.copytree(FIXTURE_ENSEMBLE, tmp_path / "model"))
-        (model / "manifest.json").write_text(text)
-        result = run_cli(
-            "--input", str(SAMPLE_INPUT), "--output", str(tmp_path / "out"), "--model", str(model)
-        )
-        assert_one_error_line(result, rf"manifest\.json: {message}")
-        shutil.rmtree(model)
-
-
-@pytest.mark.parametrize("value", ["0", "-1", "x", "100000"])
-def test_batch_size_out_of_range_is_a_usage_error(tmp_path: Path, value: str) -> None:
-    result = run_cli("--input", str(SAMPLE_INPUT), "--output", str(tmp_path / "out"), "--batch-size", value)
-    assert result.returncode == 2 and "argument --batch-size:" in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("where", ["a file", "unwritable"])
-def test_output_that_cannot_be_written(tmp_path: Path, where: str) -> None:
-    if where == "a file":
-        output = tmp_path / "out"
-        output.write_text("not a folder")
-    else:
-        output = Path("/proc/amf-cannot-write-here")  # no one, root included, can make this
-    result = run_cli("--input", str(SAMPLE_INPUT), "--output", str(output), "--model", str(FIXTURE_ENSEMBLE))
-    assert_one_error_line(result, rf"{output.name}: cannot write")
 
 
 def test_failed_run_removes_the_previous_result(tmp_path: Path) -> None:
@@ -476,7 +363,8 @@ def test_no_network_and_no_program_started(tmp_path: Path, monkeypatch: pytest.M
     eps = tmp_path / "in" / "eps.tif"
     eps.parent.mkdir()
     eps.write_bytes(EPS)
-    assert Image.open(eps).format == "EPS"  # Pillow alone would take it, and run Ghostscript to load it
+    with Image.open(eps) as image:  # Pillow alone would take it, and run Ghostscript to load it
+        assert image.format == "EPS"
     with pytest.raises(predict.InputError, match="eps.tif: cannot read image"):
         predict.run(eps.parent, tmp_path / "out", FIXTURE_ENSEMBLE)
     predict.run(SAMPLE_INPUT, tmp_path / "torch", FIXTURE_ENSEMBLE, backend="torch")
@@ -484,53 +372,3 @@ def test_no_network_and_no_program_started(tmp_path: Path, monkeypatch: pytest.M
     if manifest.load(shipped).onnx:  # the shipped ensemble's graphs: the default back end
         predict.run(SAMPLE_INPUT, tmp_path / "onnx", shipped, backend="onnx")
     assert calls == []
-
-
-STREAM_SCRIPT = """
-import resource, sys
-from pathlib import Path
-from amf import stacks, manifest, predict
-spec = manifest.InputSpec(size=128, mean=(0.5,) * 3, std=(0.5,) * 3)
-job = stacks.discover(Path(sys.argv[1]))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-pages = sum(stacks.count_pages(path) for path in job.files)
-crops = sum(len(batch) for batch in predict._batches(job, spec, 64))
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(pages, crops, (after - before) // 1024)
-"""
-
-
-def stream_and_measure(input_path: Path) -> tuple[int, int, int]:
-    """Pages counted, crops batched, and the growth of peak RSS in MiB while doing both."""
-    result = subprocess.run(
-        [sys.executable, "-c", STREAM_SCRIPT, str(input_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    pages, crops, grown = map(int, result.stdout.split())
-    return pages, crops, grown
-
-
-@pytest.mark.slow
-def test_memory_stays_bounded_for_large_multi_page_files(tmp_path: Path) -> None:
-    """8 pages of 4096^2 RGB (400 MB decoded) in a small TIFF; 24 zlib pages of 2048^2 RGB."""
-    big = Image.new("RGB", (4096, 4096), (200, 120, 180))
-    big.save(tmp_path / "big.tif", save_all=True, append_images=[big] * 7, compression="tiff_adobe_deflate")
-    del big
-    assert (tmp_path / "big.tif").stat().st_size < 10 << 20
-    assert stream_and_measure(tmp_path / "big.tif")[:2] == (8, 8)
-    assert stream_and_measure(tmp_path / "big.tif")[2] < 200  # all pages at once: over 400
-    page_bytes = 2048 * 2048 * 3
-    packer = zlib.compressobj(9)
-    data = b"".join(packer.compress(bytes(page_bytes)) for _ in range(24)) + packer.flush()
-    mha_file(
-        tmp_path / "bomb.mha",
-        {"NDims": "3", "DimSize": "2048 2048 24", "ElementNumberOfChannels": "3", "CompressedData": "True"},
-        data,
-    )
-    assert (tmp_path / "bomb.mha").stat().st_size < 1 << 20
-    pages, crops, grown = stream_and_measure(tmp_path / "bomb.mha")
-    assert (pages, crops) == (24, 24) and grown < 120  # decoded: 300 MB

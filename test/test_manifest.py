@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from amf import manifest
 from amf.errors import ModelError
+from amf.manifest import Fold, InputSpec, Threshold
 
 
 def copy_fixture(fixture_ensemble: Path, tmp_path: Path) -> Path:
@@ -24,9 +26,92 @@ def test_round_trip(fixture_ensemble: Path, tmp_path: Path) -> None:
     )
 
 
-def test_fixture_is_labelled_as_a_fixture(fixture_ensemble: Path) -> None:
-    loaded = manifest.load(fixture_ensemble)
-    assert "TEST FIXTURE" in loaded.description and loaded.name == "test-fixture"
+# Every field away from its default, a fold of another network, a graph entry, nested provenance.
+RICH = {
+    "format": manifest.FORMAT,
+    "architecture": "test_efficientnet",
+    "input": {"size": 48, "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "interpolation": "bilinear"},
+    "folds": [
+        {"file": "fold0/weights.safetensors", "sha256": "ab" * 32},
+        {"file": "fold1.safetensors", "sha256": None, "architecture": "test_byobnet"},
+    ],
+    "threshold": {"value": 0.37, "method": "youden on 12 out-of-fold predictions"},
+    "name": "rich",
+    "description": "every field set",
+    "tta": "flips",
+    "onnx": {"fp32": {"file": "ensemble.fp32.onnx", "sha256": "cd" * 32}, "opset": 18},
+    "provenance": {"seed": 3, "nested": {"list": [1, 2.5, "x"]}},
+}
+
+
+def test_every_field_survives_to_dict_json_and_from_dict() -> None:
+    spec = manifest.from_dict(RICH)
+    assert spec.input == manifest.InputSpec(48, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), "bilinear")
+    assert (spec.threshold.value, spec.tta, spec.provenance) == (0.37, "flips", RICH["provenance"])
+    assert spec.architectures == ("test_efficientnet", "test_byobnet")
+    assert [spec.architecture_of(fold) for fold in spec.folds] == ["test_efficientnet", "test_byobnet"]
+    data = spec.to_dict()
+    assert set(data) == set(RICH) | {"reduction", "positive_class"}
+    assert "architecture" not in data["folds"][0] and data["folds"][1]["architecture"] == "test_byobnet"
+    again = manifest.from_dict(json.loads(json.dumps(data)))
+    assert again == spec and again.to_dict() == data
+
+
+def test_save_then_load_gives_the_same_manifest(tmp_path: Path) -> None:
+    spec = manifest.from_dict(RICH)
+    for fold in spec.folds:
+        (tmp_path / fold.file).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / fold.file).write_bytes(b"weights")
+    assert manifest.save(spec, tmp_path) == tmp_path / manifest.MANIFEST_NAME
+    assert manifest.load(tmp_path) == spec
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fold0", "fold1.safetensors", "manifest.json"]
+
+
+def test_create_hashes_the_folds_and_names_only_a_differing_architecture(tmp_path: Path) -> None:
+    files = ["a.safetensors", "b.safetensors", "c.safetensors"]
+    for k, name in enumerate(files):
+        (tmp_path / name).write_bytes(bytes([k]) * 100)
+    spec = manifest.create(
+        tmp_path,
+        files,
+        ["test_efficientnet", "test_efficientnet", "test_byobnet"],
+        input=manifest.InputSpec(32, (0.5,) * 3, (0.5,) * 3),
+        threshold=manifest.Threshold(0.5, "fixed"),
+        tta="flips",
+    )
+    assert [fold.sha256 for fold in spec.folds] == [
+        hashlib.sha256(bytes([k]) * 100).hexdigest() for k in range(3)
+    ]
+    assert [fold.architecture for fold in spec.folds] == [None, None, "test_byobnet"]
+    assert ["architecture" in fold for fold in spec.to_dict()["folds"]] == [False, False, True]
+    assert spec.architecture == "test_efficientnet" and spec.tta == "flips"
+    with pytest.raises(ValueError, match="3 fold files but 2 architectures"):
+        manifest.create(tmp_path, files, ["a", "b"], input=spec.input, threshold=spec.threshold)
+    with pytest.raises(ModelError, match=r"threshold\.value must be in \[0, 1\], got 1\.5"):
+        manifest.create(tmp_path, files, "x", input=spec.input, threshold=manifest.Threshold(1.5, "x"))
+
+
+def test_every_problem_is_named_in_one_error_with_its_source() -> None:
+    with pytest.raises(ModelError) as error:
+        manifest.from_dict(RICH | {"reduction": "max", "tta": "spin"}, source="somewhere/manifest.json")
+    message = str(error.value)
+    assert message.startswith("somewhere/manifest.json: ")
+    assert "reduction must be one of" in message and "tta must be one of" in message and "'spin'" in message
+
+
+def test_recorded_sha256_is_checked_and_none_is_not(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"weights")
+    manifest.check_sha256(path, hashlib.sha256(b"weights").hexdigest())
+    manifest.check_sha256(path, None)
+    with pytest.raises(ModelError, match=r"w\.safetensors: sha256 differs"):
+        manifest.check_sha256(path, hashlib.sha256(b"other").hexdigest())
+
+
+def test_oversized_manifest_is_refused_unread(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text(" " * (manifest.MAX_MANIFEST_BYTES + 1))
+    with pytest.raises(ModelError, match="larger than .* bytes; not a manifest"):
+        manifest.load(tmp_path)
 
 
 def test_missing_manifest(tmp_path: Path) -> None:
@@ -99,3 +184,23 @@ def test_shipped_ensemble_is_a_trained_model_small_enough_for_git() -> None:
             if "float" in str(weights.get_tensor(k).dtype)
         }
     assert floats == {"float16"}
+
+
+def test_create_hashes_each_fold_and_names_only_differing_architectures(tmp_path: Path) -> None:
+    for name, data in (("a.safetensors", b"first"), ("b.safetensors", b"second")):
+        (tmp_path / name).write_bytes(data)
+    spec = InputSpec(64, (0.5,) * 3, (0.5,) * 3)
+    made = manifest.create(
+        tmp_path,
+        ["a.safetensors", "b.safetensors"],
+        ["net_a", "net_b"],
+        input=spec,
+        threshold=Threshold(0.3, "t"),
+    )
+    assert made.folds[0] == Fold("a.safetensors", hashlib.sha256(b"first").hexdigest())
+    assert made.folds[1].architecture == "net_b" and made.architectures == ("net_a", "net_b")
+    assert manifest.from_dict(json.loads(json.dumps(made.to_dict()))) == made
+    with pytest.raises(ModelError, match="threshold.value must be in"):
+        manifest.create(tmp_path, ["a.safetensors"], "net_a", input=spec, threshold=Threshold(1.5, "t"))
+    with pytest.raises(FileNotFoundError):
+        manifest.create(tmp_path, ["gone.safetensors"], "net_a", input=spec, threshold=Threshold(0.5, "t"))

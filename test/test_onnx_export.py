@@ -14,8 +14,7 @@ import pytest
 import torch
 from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT
 
-from amf import manifest, models, onnx_export, onnx_runtime
-from amf.__main__ import main
+from amf import manifest, models, onnx_export, onnx_runtime, writing
 from amf.ensemble import Ensemble
 from amf.errors import ModelError
 
@@ -24,15 +23,11 @@ def _copy_fixture(folder: Path) -> Path:
     return Path(shutil.copytree(FIXTURE_ENSEMBLE, folder / "ensemble"))
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The committed 3-fold fixture ensemble (test_efficientnet, 64 px), exported by the CLI."""
-    model_dir = _copy_fixture(tmp_path_factory.mktemp("exported"))
-    status = main(
-        ["export-onnx", "--model", str(model_dir), "--crops", str(SAMPLE_INPUT), "--exporter", "dynamo"]
-    )
-    assert status == 0
-    return model_dir
+@pytest.fixture
+def exported(exported_ensemble: Path) -> Path:
+    """The committed 3-fold fixture ensemble (test_efficientnet, 64 px), exported by the CLI with
+    the dynamo exporter once per session (conftest); read-only."""
+    return exported_ensemble
 
 
 def _session(model_dir: Path, variant: str) -> onnx_runtime.OnnxEnsemble:
@@ -42,13 +37,31 @@ def _session(model_dir: Path, variant: str) -> onnx_runtime.OnnxEnsemble:
 
 def test_export_records_checked_graphs_in_manifest(exported: Path) -> None:
     record = manifest.load(exported).onnx
-    assert (record["opset"], record["parity_crops"]) == (18, 6)
+    assert (record.opset, record.parity_crops) == (18, 6) and set(record.versions) >= {"torch", "onnxruntime"}
     for variant in ("fp32", "fp16"):
-        entry = record[variant]
-        assert entry["exporter"] == "dynamo"
-        assert entry["sha256"] == manifest.sha256_of(exported / entry["file"])
-        assert 0 <= entry["max_abs_diff"] <= entry["tolerance"] == onnx_export.TOLERANCE[variant]
+        graph = record.graphs[variant]
+        assert graph.exporter == "dynamo"
+        assert graph.sha256 == writing.sha256_of(exported / graph.file)
+        assert graph.tolerance == onnx_export.TOLERANCE[variant]
     assert not list(exported.glob(".onnx-export-*")), "temporary folder left behind"
+
+
+def test_recorded_difference_is_the_one_measured_again(exported: Path) -> None:
+    """max_abs_diff is what the graph, run again on the recorded provider, differs from PyTorch
+    by on the parity crops (whole batch and one crop), not a bound that holds whatever it is."""
+    spec = manifest.load(exported)
+    batch = onnx_export.parity_batch(SAMPLE_INPUT, spec, max_crops=spec.onnx.parity_crops)
+    reference = Ensemble.load(spec, exported, device=torch.device("cpu")).predict(batch)
+    for variant, graph in spec.onnx.graphs.items():
+        session = onnx_runtime.open_session(exported / graph.file, [graph.checked_on])
+        served = onnx_runtime.OnnxEnsemble(session)
+        outputs = np.concatenate([served.predict(batch), served.predict(batch[:1])])
+        measured = np.abs(outputs - np.concatenate([reference, reference[:1]])).max()
+        # The CPU provider repeats itself bit for bit; a CUDA one may pick other kernels per session.
+        cpu = graph.checked_on == onnx_runtime.CPU
+        expected = pytest.approx(measured, rel=1e-3 if cpu else 0.5, abs=1e-9 if cpu else 1e-4)
+        assert graph.max_abs_diff == expected, variant
+    assert spec.onnx.graphs["fp16"].max_abs_diff > spec.onnx.graphs["fp32"].max_abs_diff
 
 
 @pytest.mark.parametrize("count", [1, 2, 6, 13])
@@ -128,16 +141,20 @@ def test_trace_constant_that_is_no_fold_weight_is_refused() -> None:
 def test_failed_dynamo_export_falls_back_to_torchscript(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(*args: object) -> None:
-        raise RuntimeError("unsupported operator")
+    export = torch.onnx.export
 
-    monkeypatch.setattr(onnx_export, "_export_dynamo", broken)
+    def dynamo_fails(*args: object, **kwargs: object) -> object:
+        if kwargs.get("dynamo"):
+            raise RuntimeError("unsupported operator")
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
     model_dir = _copy_fixture(tmp_path)
     with pytest.raises(ModelError, match="dynamo ONNX export failed.*unsupported operator"):
         onnx_export.export(model_dir, SAMPLE_INPUT, exporter="dynamo")
     record = onnx_export.export(model_dir, SAMPLE_INPUT, exporter="auto").onnx
-    assert record["fp32"]["exporter"] == record["fp16"]["exporter"] == "torchscript"
-    assert record["fp32"]["max_abs_diff"] <= onnx_export.TOLERANCE["fp32"]
+    assert record.graphs["fp32"].exporter == record.graphs["fp16"].exporter == "torchscript"
+    assert record.graphs["fp32"].max_abs_diff <= onnx_export.TOLERANCE["fp32"]
 
 
 def test_parity_failure_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,7 +194,7 @@ def test_an_ensemble_mixing_architectures_exports_each_fold_with_its_network(tmp
     torch.manual_seed(0)
     models.save_weights(models.create("test_byobnet"), model_dir / "other.safetensors")
     extra = manifest.Fold(
-        "other.safetensors", manifest.sha256_of(model_dir / "other.safetensors"), "test_byobnet"
+        "other.safetensors", writing.sha256_of(model_dir / "other.safetensors"), "test_byobnet"
     )
     manifest.save(dataclasses.replace(spec, folds=(*spec.folds, extra)), model_dir)
     mixed = onnx_export.export(model_dir, SAMPLE_INPUT, exporter="dynamo")

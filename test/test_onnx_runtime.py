@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 
 from amf import manifest, onnx_runtime, predict, stacks, writing
 from amf.errors import ModelError
-from amf.manifest import Fold, InputSpec, Manifest, Threshold
+from amf.manifest import Fold, InputSpec, Manifest, OnnxExport, Threshold
 
 SPEC = InputSpec(size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
@@ -171,13 +171,13 @@ def test_non_float_output_at_run_time_is_refused(tmp_path: Path) -> None:
         )
 
 
-def _manifest(onnx_entry: dict) -> Manifest:
+def _manifest(onnx_entry: dict | None) -> Manifest:
     return Manifest(
         architecture="stand-in",
         input=SPEC,
         folds=(Fold("unused.safetensors"),),
         threshold=Threshold(0.5, "fixed"),
-        onnx=onnx_entry,
+        onnx=None if onnx_entry is None else OnnxExport.from_dict(onnx_entry),
     )
 
 
@@ -188,7 +188,7 @@ def graph_dir(tmp_path: Path) -> Path:
 
 
 def test_predicts_float64_probabilities_for_any_batch(graph_dir: Path) -> None:
-    spec = _manifest({"fp32": {"file": "graph.onnx", "sha256": manifest.sha256_of(graph_dir / "graph.onnx")}})
+    spec = _manifest({"fp32": {"file": "graph.onnx", "sha256": writing.sha256_of(graph_dir / "graph.onnx")}})
     ensemble = onnx_runtime.OnnxEnsemble.load(spec, graph_dir, providers=[onnx_runtime.CPU])
     for count in (1, 5):
         batch = np.random.default_rng(count).normal(size=(count, 3, 16, 16)).astype(np.float32)
@@ -245,20 +245,37 @@ def test_cuda_is_requested_only_when_it_loads(monkeypatch: pytest.MonkeyPatch) -
     assert onnx_runtime.default_providers() == [onnx_runtime.CPU]
 
 
-def test_usable_cpus_within_affinity() -> None:
-    assert 1 <= onnx_runtime.usable_cpus() <= len(os.sched_getaffinity(0))
+@pytest.mark.parametrize(
+    ("cpus", "cpu_max", "expected"),
+    [
+        (8, "max 100000", 8),  # no quota: the affinity mask
+        (8, "150000 100000", 2),  # 1.5 CPUs of quota: rounded up
+        (8, "50000 100000", 1),  # half a CPU: still one thread
+        (2, "400000 100000", 2),  # the mask is smaller than the quota
+        (8, None, 8),  # no cgroup v2 file
+        (8, "garbage", 8),  # unreadable: the mask
+    ],
+)
+def test_usable_cpus_is_the_affinity_capped_by_the_cgroup_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int, cpu_max: str | None, expected: int
+) -> None:
+    cgroup = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        cgroup.write_text(cpu_max + "\n")
+    opened = []
+    monkeypatch.setattr(onnx_runtime.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    monkeypatch.setattr(onnx_runtime, "Path", lambda name: opened.append(name) or cgroup)
+    assert onnx_runtime.usable_cpus() == expected
+    assert opened == ["/sys/fs/cgroup/cpu.max"]
 
 
 # --- the container end to end, through both back ends ------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from amf import onnx_export
-
-    model_dir = Path(shutil.copytree(FIXTURE_ENSEMBLE, tmp_path_factory.mktemp("e2e") / "ensemble"))
-    onnx_export.export(model_dir, SAMPLE_INPUT)
-    return model_dir
+def exported(exported_ensemble: Path) -> Path:
+    """The fixture ensemble exported to ONNX once per session (conftest); read-only: copy it."""
+    return exported_ensemble
 
 
 @pytest.fixture(scope="module")

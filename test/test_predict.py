@@ -52,6 +52,7 @@ def test_sample_input_matches_expected_output(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [writing.OUTPUT_NAME]
 
 
+@pytest.mark.slow
 def test_real_challenge_sample_end_to_end(tmp_path: Path) -> None:
     sample = shared_data("gc-sample", "input")
     result = run_inference(sample, tmp_path)
@@ -84,11 +85,19 @@ def test_folder_of_mixed_crops_writes_csv(tmp_path: Path) -> None:
 
 
 def test_single_stack_file_with_many_pages(tmp_path: Path) -> None:
+    """20 pages in batches of 8: every page's answer, in page order, is the ensemble's on it."""
+    from amf.ensemble import Ensemble
+    from amf.preprocess import prepare
+
     stack = tmp_path / "big.tiff"
-    write_stack(stack, synthetic_crops(20, np.random.default_rng(2)))
+    pages = synthetic_crops(20, np.random.default_rng(2))
+    write_stack(stack, pages)
     assert predict.run(stack, tmp_path / "out", FIXTURE_ENSEMBLE, batch_size=8) == 20
-    assert_contract(tmp_path / "out", 20, 0.5)
+    records = assert_contract(tmp_path / "out", 20, 0.5)
     assert (tmp_path / "out" / writing.CSV_NAME).read_text().count("big.tiff#") == 20
+    spec = manifest.load(FIXTURE_ENSEMBLE)
+    expected = Ensemble.load(spec, FIXTURE_ENSEMBLE).predict(prepare(list(pages), spec.input))
+    np.testing.assert_allclose([r["confidence"] for r in records], expected, atol=1e-6)
 
 
 def test_one_page_stack(tmp_path: Path) -> None:
@@ -145,6 +154,7 @@ def broken_inputs(tmp_path: Path) -> dict[str, tuple[Path, Path, str]]:
     return cases
 
 
+@pytest.mark.slow
 def test_every_broken_input_fails_cleanly(tmp_path: Path) -> None:
     """One line naming the file and the problem, exit 2, nothing in the output folder."""
     for name, (input_path, model, message) in broken_inputs(tmp_path).items():
@@ -172,3 +182,20 @@ def test_non_finite_ensemble_output_is_an_error(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(predict.ModelError, match="non-finite"):
         predict.run(SAMPLE_INPUT, tmp_path / "out", FIXTURE_ENSEMBLE)
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_crops_averages_the_tta_views(fixture_ensemble):
+    from amf.ensemble import Ensemble
+    from amf.errors import InputError
+    from amf.preprocess import dihedral, prepare
+
+    spec = manifest.load(fixture_ensemble)
+    ensemble = Ensemble.load(spec, fixture_ensemble)
+    crops = list(np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8))
+    plain = predict.predict_crops(ensemble, crops, spec.input, batch_size=2)
+    np.testing.assert_allclose(plain, ensemble.predict(prepare(crops, spec.input)))
+    flips = predict.predict_crops(ensemble, crops, spec.input, tta="flips")
+    views = [ensemble.predict(prepare([dihedral(c, k) for c in crops], spec.input)) for k in (0, 2, 4, 6)]
+    np.testing.assert_allclose(flips, np.mean(views, axis=0))
+    with pytest.raises(InputError, match="none"):
+        predict.predict_crops(ensemble, crops, spec.input, tta="all")

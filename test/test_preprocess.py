@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from amf.manifest import InputSpec
-from amf.preprocess import dihedral, prepare, resize, views
+from amf.preprocess import dihedral, prepare, prepared_batches, resize, views
 
 SPEC = InputSpec(size=32, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0))
 
@@ -63,3 +63,21 @@ def test_views_of_a_prepared_batch_are_the_prepared_symmetric_crops(tta: str, co
     assert len(turned) == count
     for view, k in zip(turned, (0, 2, 4, 6) if tta == "flips" else range(count), strict=True):
         np.testing.assert_array_equal(view, prepare([dihedral(p, k) for p in pages], SPEC))
+
+
+def test_prepared_batches_are_prepare_in_order_and_pull_lazily() -> None:
+    pages = [np.full((40 + k, 50, 3), 10 * k, np.uint8) for k in range(5)]
+    pulled = []
+
+    def source():
+        for page in pages:
+            pulled.append(page)
+            yield page
+
+    batches = prepared_batches(source(), SPEC, 2)
+    first = next(batches)
+    assert len(pulled) == 2  # a generator's pages are read one batch at a time
+    rest = list(batches)
+    assert [len(b) for b in [first, *rest]] == [2, 2, 1]
+    np.testing.assert_array_equal(np.concatenate([first, *rest]), prepare(pages, SPEC))
+    assert list(prepared_batches([], SPEC, 2)) == []

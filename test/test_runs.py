@@ -5,32 +5,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image
-from synthetic_data import TINY, make_table
+from synthetic_data import TINY
 
 from amf import manifest, plan, predict, runs
+from amf.config import TrainConfig
 from amf.ensemble import Ensemble
 from amf.errors import InputError, ModelError
 from amf.metrics import youden_threshold
 from amf.preprocess import prepare
 from amf.train import RESULT, VAL_PREDICTIONS
-from amf.training_data import read_rows
+from amf.writing import read_rows
 
-
-@pytest.fixture(scope="module")
-def lodo(tmp_path_factory):
-    """A leave-one-domain-out plan (2 domains x 2 folds) and a finished run of it."""
-    root = tmp_path_factory.mktemp("lodo")
-    table, samples = make_table(root)
-    the_plan = plan.make_plan(samples, table=table, domain_column="cancer_type", n_folds=2)
-    plan_path = plan.save_plan(the_plan, root / "plan.json")
-    runs.run_plan(plan_path, root / "run", TINY)
-    return root, plan_path, samples
+# `lodo` (conftest, once per session): a leave-one-domain-out plan (2 domains x 2 folds) and a
+# finished run of it, shared with test_evaluate.py; a test that changes the run copies it.
 
 
 def _copy_run(lodo, tmp_path):
@@ -59,7 +56,7 @@ def test_rerun_trains_only_unfinished_models(lodo, tmp_path, caplog):
 
 def test_assembled_folder_serves_with_the_oof_threshold(lodo, tmp_path):
     root, _, _ = lodo
-    run = root / "run"
+    run = _copy_run(lodo, tmp_path)  # assembling rewrites the run's own manifest
     target = tmp_path / "model"
     ensemble = runs.assemble(run, "beta", target)
     assert sorted(p.name for p in target.iterdir()) == [
@@ -107,6 +104,7 @@ def test_assembling_with_test_time_views_rescores_each_fold_as_served(lodo, tmp_
     assert ensemble.threshold.value == youden_threshold(np.array([int(r["label"]) for r in rows]), scores)
 
 
+@pytest.mark.slow
 def test_runs_of_two_architectures_make_one_mixed_ensemble(lodo, tmp_path):
     """Both runs' folds serve together; each crop's OOF score is the mean of its two fold models."""
     root, plan_path, _ = lodo
@@ -196,3 +194,25 @@ def test_malformed_run_record_is_one_input_error(tmp_path: Path, text: str) -> N
     (tmp_path / runs.RUN_FILE).write_text(text)
     with pytest.raises(InputError, match=r"run\.json: malformed run record"):
         runs.load_run(tmp_path)
+
+
+def test_settings_given_then_the_run_folders_then_built_in(lodo, tmp_path):
+    root, _, _ = lodo
+    resumed = runs.settings(root / "run", {"epochs": None, "workers": 3})
+    assert resumed == dataclasses.replace(TINY, workers=3)  # the run's recipe, one setting changed
+    fresh = runs.settings(tmp_path / "new", {"architecture": "test_byobnet", "pretrained": "none"})
+    assert fresh.architecture == "test_byobnet" and fresh.pretrained is None
+    assert fresh.epochs == TrainConfig().epochs and TrainConfig().pretrained == "hub"
+
+
+@pytest.mark.slow
+def test_offline_hub_default_fails_at_once_naming_the_way_out(lodo, tmp_path):
+    """A new run pretrains from the hub by default; offline it stops before any work, saying what to use."""
+    command = [sys.executable, "-m", "amf", "train", "--plan", str(lodo[1]), "--out", str(tmp_path / "run")]
+    command += ["--arch", "efficientvit_m0"]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=ROOT, timeout=120)
+    assert result.returncode == 2
+    assert "cannot get timm's pretrained weights for 'efficientvit_m0'" in result.stderr
+    assert "--pretrained FILE (see `amf import-tflite`) or --pretrained none" in result.stderr
+    assert not list((tmp_path / "run").glob("*/fold*"))

@@ -122,14 +122,25 @@ def test_single_file_input(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("mode", "value"),
-    [("L", 128), ("LA", (128, 255)), ("RGBA", (10, 20, 30, 0)), ("P", 5), ("1", 1), ("CMYK", (0, 0, 0, 0))],
+    ("mode", "value", "rgb"),
+    [
+        ("L", 128, (128, 128, 128)),
+        ("LA", (128, 255), (128, 128, 128)),
+        ("RGBA", (10, 20, 30, 0), (10, 20, 30)),
+        ("P", 5, (40, 50, 60)),  # palette entry 5, set below
+        ("1", 1, (255, 255, 255)),
+        ("CMYK", (0, 0, 0, 0), (255, 255, 255)),  # no ink: white
+    ],
 )
-def test_pillow_modes_become_rgb_uint8(tmp_path: Path, mode: str, value) -> None:
+def test_pillow_modes_become_rgb_uint8(tmp_path: Path, mode: str, value, rgb: tuple[int, int, int]) -> None:
     path = tmp_path / f"crop_{mode}.{'tif' if mode == 'CMYK' else 'png'}"
-    Image.new(mode, (30, 20), value).save(path)
+    image = Image.new(mode, (30, 20), value)
+    if mode == "P":
+        image.putpalette([0, 0, 0] * 5 + [40, 50, 60])
+    image.save(path)
     (page,) = stacks.read_pages(path)
     assert page.shape == (20, 30, 3) and page.dtype == np.uint8
+    assert (page == rgb).all(), page[0, 0]
 
 
 def test_rgba_drops_alpha_and_gray_repeats(tmp_path: Path) -> None:

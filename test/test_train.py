@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 from synthetic_data import TINY, make_samples, make_table
 
-from amf import manifest, plan, train, training_data
+from amf import manifest, plan, train, training_data, writing
 from amf.ensemble import Ensemble
 from amf.errors import InputError
 from amf.preprocess import prepare
@@ -36,12 +36,12 @@ def test_trained_folder_is_an_ensemble_the_container_loads(samples, tmp_path):
     spec = manifest.load(tmp_path)
     assert spec.architecture == "test_efficientnet" and spec.input.size == 32
     assert spec.provenance["config"] == dataclasses.asdict(TINY)
-    rows = training_data.read_rows(tmp_path / train.VAL_PREDICTIONS)
+    rows = writing.read_rows(tmp_path / train.VAL_PREDICTIONS)
     assert [r["id"] for r in rows] == [s.id for s in val_samples]
     crops = training_data.load_crops(val_samples)
     served = Ensemble.load(spec, tmp_path).predict(prepare([crops[s.id] for s in val_samples], spec.input))
     np.testing.assert_allclose([float(r["p_atypical"]) for r in rows], served, rtol=1e-6)
-    assert len(training_data.read_rows(tmp_path / train.METRICS)) == TINY.epochs
+    assert len(writing.read_rows(tmp_path / train.METRICS)) == TINY.epochs
     assert result["validation"]["roc_auc"] > 0.5 and result["n_train"] == 24
     assert train.train(train_samples, val_samples, TINY, tmp_path) == result  # finished: not retrained
 
@@ -50,13 +50,13 @@ def test_killed_run_resumes_to_the_same_model(samples, tmp_path, monkeypatch):
     train_samples, val_samples = _split(samples)
     config = dataclasses.replace(TINY, epochs=3, stain=0.1, soft_labels=True)
     train.train(train_samples, val_samples, config, tmp_path / "whole")
-    end_epoch = train._end_epoch
+    write_rows = writing.write_rows
 
-    def killed_after_first_epoch(*args, **kwargs):
-        end_epoch(*args, **kwargs)
+    def killed_after_first_epoch(path, rows):  # metrics.csv is written last at the end of an epoch
+        write_rows(path, rows)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "_end_epoch", killed_after_first_epoch)
+    monkeypatch.setattr(writing, "write_rows", killed_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train.train(train_samples, val_samples, config, tmp_path / "killed")
     assert (tmp_path / "killed" / train.LAST).is_file() and not (tmp_path / "killed" / train.RESULT).exists()
@@ -67,7 +67,7 @@ def test_killed_run_resumes_to_the_same_model(samples, tmp_path, monkeypatch):
     for name in ("weights.safetensors", "val_predictions.csv"):
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes()
     losses = [
-        [r["val_auroc"] for r in training_data.read_rows(tmp_path / run / train.METRICS)]
+        [r["val_auroc"] for r in writing.read_rows(tmp_path / run / train.METRICS)]
         for run in ("whole", "killed")
     ]
     assert losses[0] == losses[1] and len(losses[0]) == 3
@@ -81,13 +81,11 @@ def test_a_network_that_does_not_learn_is_reported(samples, tmp_path, caplog):
         train.train(*_split(samples), frozen, tmp_path / "frozen")
     assert "frozen: after the first epoch the training loss" in caplog.text
     assert "the network is not learning" in caplog.text
-    (row,) = training_data.read_rows(tmp_path / "frozen" / train.METRICS)
+    (row,) = writing.read_rows(tmp_path / "frozen" / train.METRICS)
     assert float(row["train_loss"]) >= 0.98 * float(row["chance_loss"])
 
 
-def test_settings_are_validated(samples, tmp_path):
-    with pytest.raises(InputError, match="epochs must be >= 1.*batch size must be >= 2"):
-        train.TrainConfig(epochs=0, batch_size=1)
+def test_an_epoch_smaller_than_a_batch_is_refused(samples, tmp_path):
     with pytest.raises(InputError, match="smaller than one batch"):
         train.train(*_split(samples), dataclasses.replace(TINY, epoch_size=4), tmp_path)
 
@@ -110,6 +108,8 @@ def test_torchrun_trains_data_parallel_on_cpu(tmp_path):
         "32",
         "--batch-size",
         "8",
+        "--pretrained",
+        "none",
     ]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     command += ["-m", "amf", "train"]

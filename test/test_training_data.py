@@ -1,4 +1,4 @@
-"""Crops in memory: class-balanced sampling, seeded augmentation, ensemble scoring with TTA."""
+"""Crops in memory: class-balanced sampling, seeded augmentation."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ import numpy as np
 import pytest
 from synthetic_data import TINY, make_samples
 
-from amf import manifest, models, training_data
-from amf.ensemble import Ensemble
-from amf.errors import InputError
-from amf.preprocess import dihedral, prepare
+from amf import models, training_data
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +40,3 @@ def test_augmentation_is_seeded_by_epoch_and_draw(samples):
     assert not np.array_equal(first.numpy(), dataset[(0, 6)][0].numpy())
     dataset.epoch = 1
     assert not np.array_equal(first.numpy(), dataset[(0, 5)][0].numpy())
-
-
-def test_predict_crops_averages_the_tta_views(fixture_ensemble):
-    spec = manifest.load(fixture_ensemble)
-    ensemble = Ensemble.load(spec, fixture_ensemble)
-    crops = list(np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8))
-    plain = training_data.predict_crops(ensemble, crops, spec.input, batch_size=2)
-    np.testing.assert_allclose(plain, ensemble.predict(prepare(crops, spec.input)))
-    flips = training_data.predict_crops(ensemble, crops, spec.input, tta="flips")
-    views = [ensemble.predict(prepare([dihedral(c, k) for c in crops], spec.input)) for k in (0, 2, 4, 6)]
-    np.testing.assert_allclose(flips, np.mean(views, axis=0))
-    with pytest.raises(InputError, match="none"):
-        training_data.predict_crops(ensemble, crops, spec.input, tta="all")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -73,3 +74,31 @@ def test_output_path_that_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "out").write_text("x")
     with pytest.raises(OutputError, match=r"out: cannot write"):
         writing.write_predictions(tmp_path / "out", writing.predictions(np.array([0.1]), 0.5), None)
+
+
+def test_rows_round_trip_with_the_columns_given(tmp_path: Path) -> None:
+    path = writing.write_rows(tmp_path / "t.csv", iter([{"b": 1, "a": "x,y"}]), columns=["a", "b"])
+    assert path.read_text().splitlines()[0] == "a,b"
+    assert writing.read_rows(path) == [{"a": "x,y", "b": "1"}]
+    assert writing.read_rows(writing.write_rows(tmp_path / "e.csv", [], columns=["a"])) == []
+
+
+def test_write_with_keeps_the_old_file_and_no_temporary_on_failure(tmp_path: Path) -> None:
+    path = tmp_path / "state.pt"
+    path.write_bytes(b"old")
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_bytes(b"ha")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        writing.write_with(path, half_then_fail)
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"] and path.read_bytes() == b"old"
+    writing.write_with(path, lambda tmp: tmp.write_bytes(b"new"))
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"] and path.read_bytes() == b"new"
+
+
+def test_sha256_of_a_file_is_its_digest(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"abc" * 1_000_000)
+    assert writing.sha256_of(path) == hashlib.sha256(b"abc" * 1_000_000).hexdigest()

@@ -1,0 +1,36 @@
+"""Helpers of the hostile-input tests: run inference.py as the container does, check its one error line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "inference.py", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, message: str) -> None:
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    assert result.returncode == 2, result.stderr
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.search(message, errors[0]), (message, errors[0])
+
+
+def deep_json(depth: int = 100_000) -> str:
+    return "[" * depth + "]" * depth
+
+
+def mha_file(path: Path, header: dict[str, str], data: bytes = b"") -> Path:
+    """A MetaImage file written by hand: every header field is the test's to choose."""
+    fields = {"ObjectType": "Image", "NDims": "2", "BinaryData": "True", "CompressedData": "False"}
+    fields |= {"DimSize": "8 8", "ElementType": "MET_UCHAR"} | header
+    fields["ElementDataFile"] = header.get("ElementDataFile", "LOCAL")
+    text = "".join(f"{key} = {value}\n" for key, value in fields.items())
+    path.write_bytes(text.encode() + data)
+    return path

@@ -1,0 +1,64 @@
+"""Reading streams: memory stays bounded whatever size a file claims for its pages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from hostile import mha_file
+from PIL import Image
+
+STREAM_SCRIPT = """
+import resource, sys
+from pathlib import Path
+from amf import stacks, manifest
+from amf.preprocess import prepared_batches
+spec = manifest.InputSpec(size=128, mean=(0.5,) * 3, std=(0.5,) * 3)
+job = stacks.discover(Path(sys.argv[1]))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+pages = sum(stacks.count_pages(path) for path in job.files)
+pages_read = (page for path in job.files for page in stacks.iter_pages(path))
+crops = sum(len(batch) for batch in prepared_batches(pages_read, spec, 64))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(pages, crops, (after - before) // 1024)
+"""
+
+
+def stream_and_measure(input_path: Path) -> tuple[int, int, int]:
+    """Pages counted, crops batched, and the growth of peak RSS in MiB while doing both."""
+    result = subprocess.run(
+        [sys.executable, "-c", STREAM_SCRIPT, str(input_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    pages, crops, grown = map(int, result.stdout.split())
+    return pages, crops, grown
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_for_large_multi_page_files(tmp_path: Path) -> None:
+    """8 pages of 4096^2 RGB (400 MB decoded) in a small TIFF; 24 zlib pages of 2048^2 RGB."""
+    big = Image.new("RGB", (4096, 4096), (200, 120, 180))
+    big.save(tmp_path / "big.tif", save_all=True, append_images=[big] * 7, compression="tiff_adobe_deflate")
+    del big
+    assert (tmp_path / "big.tif").stat().st_size < 10 << 20
+    assert stream_and_measure(tmp_path / "big.tif")[:2] == (8, 8)
+    assert stream_and_measure(tmp_path / "big.tif")[2] < 200  # all pages at once: over 400
+    page_bytes = 2048 * 2048 * 3
+    packer = zlib.compressobj(9)
+    data = b"".join(packer.compress(bytes(page_bytes)) for _ in range(24)) + packer.flush()
+    mha_file(
+        tmp_path / "bomb.mha",
+        {"NDims": "3", "DimSize": "2048 2048 24", "ElementNumberOfChannels": "3", "CompressedData": "True"},
+        data,
+    )
+    assert (tmp_path / "bomb.mha").stat().st_size < 1 << 20
+    pages, crops, grown = stream_and_measure(tmp_path / "bomb.mha")
+    assert (pages, crops) == (24, 24) and grown < 120  # decoded: 300 MB
