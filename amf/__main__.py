@@ -11,7 +11,7 @@ from pathlib import Path
 from amf.config import TrainConfig
 from amf.dataset import AMIBR_SPLITS, DOMAIN_COLUMNS
 from amf.errors import AmfError
-from amf.manifest import TTA_VIEWS
+from amf.manifest import EXPORTERS, TTA_VIEWS
 from amf.predict import BACKENDS, BATCH_SIZE
 
 log = logging.getLogger("amf")
@@ -93,7 +93,7 @@ def add_export(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--max-crops", type=int, default=16, help="crops compared")
     parser.add_argument(
-        "--exporter", default="auto", help="dynamo, torchscript, or auto: dynamo, else torchscript"
+        "--exporter", choices=EXPORTERS, default="auto", help="auto: dynamo, else torchscript"
     )
     parser.set_defaults(handler=_export)
 

@@ -84,7 +84,7 @@ def _domain_ensemble(
     """The domain's fold ensemble in the run folder and its out-of-fold rows: as assembled, or
     assembled again in memory when missing or served with other views."""
     folder = ensemble_dir(run_dir, domain)
-    if (folder / manifest.MANIFEST_NAME).is_file():
+    if (folder / manifest.MANIFEST_NAME).is_file() and (folder / OOF_PREDICTIONS).is_file():
         spec = manifest.load(folder)
         if tta in (None, spec.tta):
             return folder, spec, writing.read_rows(folder / OOF_PREDICTIONS)

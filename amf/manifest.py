@@ -22,6 +22,7 @@ FORMAT = "amf-ensemble/1"
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 REDUCTIONS = ("mean_probability",)
 ONNX_VARIANTS = ("fp32", "fp16")  # written by amf.onnx_export, served by amf.onnx_runtime
+EXPORTERS = ("auto", "dynamo", "torchscript")  # how amf.onnx_export traces; auto: dynamo, else torchscript
 # Test-time augmentation: the symmetries of the square (amf.preprocess.dihedral) whose
 # predictions are averaged, by the container and by the out-of-fold scores behind the threshold.
 TTA_VIEWS = {"none": (0,), "flips": (0, 2, 4, 6), "dihedral": tuple(range(8))}
@@ -86,7 +87,8 @@ class OnnxExport:
 
     def to_dict(self) -> dict[str, Any]:
         graphs = {variant: asdict(graph) for variant, graph in self.graphs.items()}
-        return {**graphs, "opset": self.opset, "parity_crops": self.parity_crops, **self.versions}
+        made = {"opset": self.opset, "parity_crops": self.parity_crops}
+        return {**graphs, **{k: v for k, v in made.items() if v is not None}, **self.versions}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OnnxExport:
@@ -145,8 +147,8 @@ def create(
     loaded manifest passes.
     """
     names = [architectures] * len(files) if isinstance(architectures, str) else list(architectures)
-    if len(names) != len(files):
-        raise ValueError(f"{len(files)} fold files but {len(names)} architectures")
+    if len(names) != len(files) or not all(_is_relative_file(file) for file in files):
+        raise ModelError(f"{model_dir}: {_FOLD_FILE}, one architecture each; got {files}, {names}")
     folds = tuple(
         Fold(file, sha256_of(Path(model_dir) / file), None if name == names[0] else name)
         for file, name in zip(files, names, strict=True)

@@ -54,7 +54,8 @@ def create(
             raise
         raise ModelError(
             f"cannot get timm's pretrained weights for {architecture!r} from the hub "
-            f"({type(error).__name__}: {str(error)[:200]}); offline, train with --pretrained FILE "
+            f"({type(error).__name__}: {str(error)[:200]}); offline, or none published? "
+            "train with --pretrained FILE "
             "(see `amf import-tflite`) or --pretrained none"
         ) from None
     if pretrained not in (None, "hub"):

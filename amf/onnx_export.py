@@ -45,7 +45,6 @@ from amf.errors import ModelError
 from amf.preprocess import prepare
 
 OPSET = 18
-EXPORTERS = ("auto", "dynamo", "torchscript")
 FILES = {"fp32": "ensemble.fp32.onnx", "fp16": "ensemble.fp16.onnx"}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # Largest |ONNX - PyTorch fp32| allowed on P(atypical): fp32 differs only by kernel rounding (~1e-7
@@ -109,8 +108,8 @@ def export(
     Raises:
         ModelError: export failed, or a graph differs from PyTorch by more than its tolerance.
     """
-    if exporter not in EXPORTERS:
-        raise ModelError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    if exporter not in manifest.EXPORTERS:
+        raise ModelError(f"exporter must be one of {manifest.EXPORTERS}, got {exporter!r}")
     model_dir = Path(model_dir)
     spec = manifest.load(model_dir)
     batch = parity_batch(crops, spec, max_crops)

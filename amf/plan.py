@@ -18,8 +18,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from amf.dataset import DOMAIN_COLUMNS, Sample
 from amf.errors import InputError
-from amf.manifest import sha256_of
-from amf.writing import write_json_atomic
+from amf.writing import sha256_of, write_json_atomic
 
 FORMAT = "amf-plan/1"
 ALL = "all"

@@ -69,16 +69,16 @@ def run_plan(
         logging.getLogger("amf").setLevel(logging.WARNING)
     plan = load_plan(plan_path)
     samples = plan_samples(plan)
-    _bind_run(Path(run_dir), Path(plan_path), config)
     tasks = select_tasks(plan, domain=domain, fold=fold, index=index)
     todo = [(d, k) for d, k in tasks if not (model_dir(run_dir, d, k) / RESULT).is_file()]
+    if todo and config.pretrained == "hub":  # offline, fail before the run folder and the crops
+        models.create(config.architecture, pretrained="hub")
+    _bind_run(Path(run_dir), Path(plan_path), config)
     log.info(
         "%d models selected, %d finished already, %d to train", len(tasks), len(tasks) - len(todo), len(todo)
     )
     if not todo:
         return []
-    if config.pretrained == "hub":  # offline, fail now rather than after decoding the crops
-        models.create(config.architecture, pretrained="hub")
     needed = {i for d, k in todo for ids in plan.split(d, k) for i in ids}
     present = check_images([samples[i] for i in sorted(needed)], strict=strict)
     crops = load_crops(present)
@@ -195,10 +195,10 @@ def assemble(
     if len(runs) > 1 and target is None:
         raise InputError("an ensemble of several runs needs a target folder (--out)")
     combined = _combine(runs, domain, method, tta)
-    if len(runs) == 1:  # the run folder always holds its latest assembly
-        ensemble, oof = domain_ensemble(runs[0], domain, method=method, tta=tta, combined=combined)
+    if len(runs) == 1:  # the run folder always holds its latest assembly; the manifest last
+        ensemble = _run_manifest(runs[0], combined)
+        writing.write_rows(ensemble_dir(runs[0], combined.domain) / OOF_PREDICTIONS, combined.oof)
         manifest.save(ensemble, ensemble_dir(runs[0], combined.domain))
-        writing.write_rows(ensemble_dir(runs[0], combined.domain) / OOF_PREDICTIONS, oof)
     if target is not None:
         target = Path(target)
         target.mkdir(parents=True, exist_ok=True)
@@ -213,19 +213,20 @@ def assemble(
 
 
 def domain_ensemble(
-    run_dir: Path,
-    domain: str,
-    *,
-    method: str = "youden",
-    tta: str = "none",
-    combined: _Combined | None = None,
+    run_dir: Path, domain: str, *, method: str = "youden", tta: str = "none"
 ) -> tuple[Manifest, list[dict[str, Any]]]:
     """One run's domain as an ensemble of its fold folders, and the out-of-fold rows behind its
     threshold; nothing is written (`assemble` writes them)."""
-    combined = combined or _combine([Path(run_dir)], domain, method, tta)
-    folder = ensemble_dir(run_dir, combined.domain)
+    combined = _combine([Path(run_dir)], domain, method, tta)
+    return _run_manifest(Path(run_dir), combined), combined.oof
+
+
+def _run_manifest(run_dir: Path, combined: _Combined) -> Manifest:
+    """The manifest of a run's domain folder: its folds are the fold folders' weights."""
     files = [f"{d.name}/{m.folds[0].file}" for d, m in zip(combined.dirs, combined.members, strict=True)]
-    return manifest.create(folder, files, combined.architectures, **combined.fields), combined.oof
+    return manifest.create(
+        ensemble_dir(run_dir, combined.domain), files, combined.architectures, **combined.fields
+    )
 
 
 def ensemble_dir(run_dir: Path, domain: str) -> Path:
@@ -260,6 +261,8 @@ def _combine(runs: list[Path], domain: str, method: str, tta: str) -> _Combined:
     if unfinished:
         raise ModelError(f"cannot assemble {domain!r}: unfinished folds {unfinished}")
     members = [manifest.load(d) for d in dirs]
+    for d, member in zip(dirs, members, strict=True):  # a file changed since training is refused
+        manifest.check_sha256(d / member.folds[0].file, member.folds[0].sha256)
     if len({member.input for member in members}) > 1:
         raise ModelError(
             f"cannot assemble {domain!r}: the folds expect different inputs {_inputs(dirs, members)}"

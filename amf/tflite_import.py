@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from amf import dataset, models, writing
 from amf.errors import ModelError
-from amf.preprocess import prepare
+from amf.preprocess import prepared_batches
 from amf.training_data import load_crops
 
 log = logging.getLogger(__name__)
@@ -192,10 +192,7 @@ def import_tflite(
     calibration = "none: batch norm passes the folded bias through"
     if crops:
         spec = models.default_input_spec(architecture, size)
-        batches = (
-            torch.from_numpy(prepare(crops[i : i + batch_size], spec))
-            for i in range(0, len(crops), batch_size)
-        )
+        batches = (torch.from_numpy(batch) for batch in prepared_batches(crops, spec, batch_size))
         seen = recalibrate_batchnorm(model, batches)
         calibration = f"batch norm statistics of {seen} crops at {size} px"
     metadata = {

@@ -140,6 +140,7 @@ def write_text_atomic(path: Path, text: str) -> Path:
     path = Path(path)
     tmp = _staged(path, text)
     try:
+        os.chmod(tmp, 0o644)  # readable by the container's non-root user
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -150,9 +151,14 @@ def write_with(path: Path, save: Callable[[Path], object]) -> Path:
     """What `save(tmp)` writes beside `path` (a checkpoint, say), renamed into place when complete;
     on any failure the temporary file goes and an earlier `path` stays as it was."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    tmp = Path(name)
     try:
         save(tmp)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())  # on disk before the rename makes it the file
+        os.chmod(tmp, 0o644)  # readable by the container's non-root user
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

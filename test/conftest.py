@@ -1,7 +1,8 @@
 """Shared test fixtures: paths to the committed fixtures and to the optional real data, and the
-two expensive artefacts built once per session (the exported fixture ensemble, a finished
+two artefacts built once per session (the exported fixture ensemble, a finished tiny
 leave-one-domain-out run). Tests must not change those two; one that needs to takes a copy.
-A changed one fails the session at teardown, naming the files."""
+A changed one fails the session at teardown, naming the files. Tests using the export are
+marked slow (SLOW_FIXTURES); the tiny run takes seconds and stays in the inner loop."""
 
 from __future__ import annotations
 

@@ -215,4 +215,12 @@ def test_offline_hub_default_fails_at_once_naming_the_way_out(lodo, tmp_path):
     assert result.returncode == 2
     assert "cannot get timm's pretrained weights for 'efficientvit_m0'" in result.stderr
     assert "--pretrained FILE (see `amf import-tflite`) or --pretrained none" in result.stderr
-    assert not list((tmp_path / "run").glob("*/fold*"))
+    assert not (tmp_path / "run").exists()  # so the advised --pretrained none can use the folder
+
+
+def test_assemble_refuses_weights_changed_since_training(lodo, tmp_path):
+    run = _copy_run(lodo, tmp_path)
+    weights = run / "beta" / "fold1" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ModelError, match=r"fold1/weights\.safetensors: sha256 differs"):
+        runs.assemble(run, "beta")
