@@ -129,9 +129,8 @@ def _run(input_path: Path, output_dir: Path, model_dir: Path, batch_size: int, b
         ensemble_manifest.tta,
         ensemble_manifest.threshold.value,
     )
-    ensemble = load_predictor(
-        ensemble_manifest, model_dir, backend
-    )  # heavy imports only after the input checks
+    # The heavy imports come only after the input checks.
+    ensemble = load_predictor(ensemble_manifest, model_dir, backend)
     scores = [
         predict_views(ensemble, batch, ensemble_manifest.tta)
         for batch in prefetch(prepared_batches(_pages(job), ensemble_manifest.input, batch_size))

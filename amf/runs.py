@@ -44,7 +44,7 @@ OOF_PREDICTIONS = "oof_predictions.csv"
 
 
 def model_dir(run_dir: Path, domain: str, fold: int) -> Path:
-    return Path(run_dir) / slug(domain) / f"fold{fold}"
+    return ensemble_dir(run_dir, domain) / f"fold{fold}"
 
 
 def run_plan(

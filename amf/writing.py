@@ -73,7 +73,7 @@ def write_outputs(output_dir: Path, files: Mapping[str, str]) -> None:
     staged: list[tuple[Path, Path]] = []
     try:
         for name, text in files.items():
-            staged.append((_staged(output_dir / name, text), output_dir / name))
+            staged.append((_staged(output_dir / name, _text(text)), output_dir / name))
         for tmp, path in staged:
             with _output_errors(path):
                 os.replace(tmp, path)
@@ -88,7 +88,7 @@ def check_output_dir(output_dir: Path) -> None:
     output_dir = Path(output_dir)
     with _output_errors(output_dir):
         output_dir.mkdir(parents=True, exist_ok=True)
-    _staged(output_dir / OUTPUT_NAME, "").unlink()
+    _staged(output_dir / OUTPUT_NAME, _text("")).unlink()
 
 
 def remove_outputs(output_dir: Path, keep: tuple[str, ...] = (), *, folder: bool = False) -> None:
@@ -110,21 +110,27 @@ def remove_outputs(output_dir: Path, keep: tuple[str, ...] = (), *, folder: bool
             Path(output_dir).rmdir()
 
 
-def _staged(path: Path, text: str) -> Path:
-    """`text` in a complete temporary file beside `path`; removed again on any failure."""
+def _staged(path: Path, save: Callable[[Path], object]) -> Path:
+    """What `save(tmp)` writes, complete and on disk in a temporary file beside `path`, readable by
+    the container's non-root user; removed again on any failure."""
     with _output_errors(path):
         handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
     tmp = Path(name)
     try:
-        with _output_errors(path), os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
+        with _output_errors(path):
+            save(tmp)
+            with open(tmp, "rb") as written:
+                os.fsync(written.fileno())  # on disk before a rename makes it the file
         os.chmod(tmp, 0o644)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return tmp
+
+
+def _text(text: str) -> Callable[[Path], object]:
+    return lambda tmp: tmp.write_text(text, encoding="utf-8")
 
 
 @contextmanager
@@ -137,28 +143,15 @@ def _output_errors(path: Path) -> Iterator[None]:
 
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write `text` beside `path` under a temporary name, then rename it into place."""
-    path = Path(path)
-    tmp = _staged(path, text)
-    try:
-        os.chmod(tmp, 0o644)  # readable by the container's non-root user
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_with(path, _text(text))
 
 
 def write_with(path: Path, save: Callable[[Path], object]) -> Path:
     """What `save(tmp)` writes beside `path` (a checkpoint, say), renamed into place when complete;
     on any failure the temporary file goes and an earlier `path` stays as it was."""
     path = Path(path)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    tmp = Path(name)
+    tmp = _staged(path, save)
     try:
-        save(tmp)
-        with open(tmp, "rb") as written:
-            os.fsync(written.fileno())  # on disk before the rename makes it the file
-        os.chmod(tmp, 0o644)  # readable by the container's non-root user
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
