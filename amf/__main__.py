@@ -201,6 +201,8 @@ def _import_tflite(args: argparse.Namespace) -> None:
 
 
 def add_train(commands: argparse._SubParsersAction) -> None:
+    from amf.weight_packages import PACKAGES
+
     parser = _command(commands, "train", "train a plan's models (skips finished ones, resumes killed ones)")
     parser.add_argument("--plan", type=Path, required=True, help="plan file from `amf plan`")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
@@ -215,7 +217,9 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     setting("--arch", dest="architecture", help="timm model name")
     setting("--size", type=int, help="input size in px")
     setting(
-        "--pretrained", help="'hub' (timm's ImageNet weights; needs the internet), a weight file, or 'none'"
+        "--pretrained",
+        help="'hub' (timm's ImageNet weights; needs the internet), a pinned weight package "
+        f"({', '.join(PACKAGES)}: requirements-dev.txt), a weight file, or 'none'",
     )
     setting("--epochs", type=int, help="passes over the training set")
     setting("--lr", type=float, help="peak learning rate of the one-cycle schedule")

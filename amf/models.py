@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from amf import writing
+from amf import weight_packages, writing
 from amf.errors import ModelError
 from amf.manifest import INTERPOLATIONS, InputSpec
 
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # "SAME" padding, which timm builds with pad_type="same"; TF-slim scales inputs to [-1, 1].
 TF_NETWORKS = {"tf_mobilenetv2_100": "mobilenetv2_100", "tf_mobilenetv1_100": "mobilenetv1_100"}
 _TF_INPUT = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear"}
+IMAGENET_CLASSES = 1000
 
 
 def create(
@@ -35,8 +36,9 @@ def create(
     Args:
         architecture: a timm model name, optionally with a pretrained tag
             (`efficientvit_l2.r256_in1k`), or one of TF_NETWORKS.
-        pretrained: None for random initialisation, "hub" for timm's pretrained weights
-            (downloaded once; offline, a ModelError says what to use instead), or a local
+        pretrained: None for random initialisation; "hub" for timm's pretrained weights
+            (downloaded once; offline, a ModelError says what to use instead); the name of a
+            pinned weight package (`amf.weight_packages`, e.g. "efficientnet-lite2"); or a local
             .safetensors/.pth/.bin state dict of the same architecture, e.g. from
             `amf import-tflite`. The new head starts at zero, so the first steps do not push
             large random logits through the pretrained features.
@@ -44,26 +46,51 @@ def create(
     name = TF_NETWORKS.get(architecture, architecture)
     if not timm.is_model(name.split(".")[0]):
         raise ModelError(f"unknown timm architecture {architecture!r}")
+    weights = weight_packages.package(str(pretrained)) if pretrained is not None else None
+    if weights is not None:
+        model = _from_package(weights, architecture)
+        if num_classes == IMAGENET_CLASSES:
+            return model  # the published classifier, for checking the conversion
+        model.reset_classifier(num_classes)
+    else:
+        model = _from_timm(architecture, name, pretrained, num_classes)
+        if pretrained not in (None, "hub"):
+            _load_backbone(model, Path(pretrained))
+    if pretrained is not None:
+        head = model.get_classifier()
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+    return model
+
+
+def _from_timm(
+    architecture: str, name: str, pretrained: str | Path | None, num_classes: int
+) -> torch.nn.Module:
     kwargs: dict = {"num_classes": num_classes, "pretrained": pretrained == "hub"}
     if architecture in TF_NETWORKS:
         kwargs["pad_type"] = "same"
     try:
-        model = timm.create_model(name, **kwargs)
+        return timm.create_model(name, **kwargs)
     except Exception as error:  # huggingface_hub, urllib and timm raise many types when offline
         if pretrained != "hub":
             raise
         raise ModelError(
             f"cannot get timm's pretrained weights for {architecture!r} from the hub "
             f"({type(error).__name__}: {str(error)[:200]}); offline, or none published? "
-            "train with --pretrained FILE "
+            f"train with --pretrained {'|'.join(weight_packages.PACKAGES)}, --pretrained FILE "
             "(see `amf import-tflite`) or --pretrained none"
         ) from None
-    if pretrained not in (None, "hub"):
-        _load_backbone(model, Path(pretrained))
-    if pretrained is not None:
-        head = model.get_classifier()
-        torch.nn.init.zeros_(head.weight)
-        torch.nn.init.zeros_(head.bias)
+
+
+def _from_package(weights: weight_packages.WeightPackage, architecture: str) -> torch.nn.Module:
+    """The package's ImageNet network, its 1000-class head included, loaded strictly."""
+    if architecture != weights.architecture:
+        raise ModelError(
+            f"--pretrained {weights.name} holds weights for {weights.architecture!r}, not {architecture!r}; "
+            f"train it with --arch {weights.architecture}"
+        )
+    model = timm.create_model(architecture, num_classes=IMAGENET_CLASSES)
+    model.load_state_dict(weight_packages.timm_state_dict(weights, model), strict=True)
     return model
 
 

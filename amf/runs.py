@@ -71,8 +71,8 @@ def run_plan(
     samples = plan_samples(plan)
     tasks = select_tasks(plan, domain=domain, fold=fold, index=index)
     todo = [(d, k) for d, k in tasks if not (model_dir(run_dir, d, k) / RESULT).is_file()]
-    if todo and config.pretrained == "hub":  # offline, fail before the run folder and the crops
-        models.create(config.architecture, pretrained="hub")
+    if todo and config.pretrained is not None:  # a bad --pretrained fails before the folder and crops
+        models.create(config.architecture, pretrained=config.pretrained)
     _bind_run(Path(run_dir), Path(plan_path), config)
     log.info(
         "%d models selected, %d finished already, %d to train", len(tasks), len(tasks) - len(todo), len(todo)

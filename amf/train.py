@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from torchvision.ops import sigmoid_focal_loss
 from tqdm import tqdm
 
-from amf import __version__, manifest, models, writing
+from amf import __version__, manifest, models, weight_packages, writing
 from amf.config import TrainConfig, config_differences
 from amf.dataset import Sample
 from amf.ensemble import Ensemble
@@ -149,9 +149,9 @@ def train(
 
 def _start(config: TrainConfig, runtime: Runtime, spec: InputSpec, *, steps: int) -> _Fit:
     """The network from the model factory, AdamW and a one-cycle schedule over all `steps`."""
-    model = models.create(config.architecture, pretrained=config.pretrained).to(runtime.device)
-    if runtime.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # channels-last on the CPU too: a third faster for the MobileNets and EfficientNet-Lites here
+    model = models.create(config.architecture, pretrained=config.pretrained)
+    model = model.to(runtime.device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     amp_dtype = autocast_dtype(config.amp, runtime.device)
     return _Fit(
@@ -203,7 +203,6 @@ def _train_epoch(fit: _Fit, network: torch.nn.Module, loader: DataLoader, epoch:
     """One pass over the sampler; returns loss, learning rate, throughput and the data-wait share."""
     network.train()
     device, config = fit.runtime.device, fit.config
-    memory = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     total_loss = torch.zeros((), device=device)
     chance_loss = torch.zeros((), device=device)  # a network that always says 50 %
     waited, seen, started = 0.0, 0, time.perf_counter()
@@ -215,7 +214,7 @@ def _train_epoch(fit: _Fit, network: torch.nn.Module, loader: DataLoader, epoch:
         ready = time.perf_counter()
         images, targets = next(iterator)
         waited += time.perf_counter() - ready
-        images = images.to(device, non_blocking=True).contiguous(memory_format=memory)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
         with fit.autocast():
             logits = network(images).float().reshape(-1)
@@ -307,10 +306,14 @@ def _resume(fit: _Fit, out_dir: Path) -> _Progress:
 
 
 def recipe(config: TrainConfig) -> dict[str, Any]:
-    """The settings as provenance: a local pretrained file by name, sha256 and source, not by a
-    path of the machine that trained."""
+    """The settings as provenance: a weight package by name, version and sha256, a local
+    pretrained file by name, sha256 and source, never by a path of the machine that trained."""
     record = asdict(config)
     if config.pretrained in (None, "hub"):
+        return record
+    weights = weight_packages.package(config.pretrained)
+    if weights is not None:
+        record["pretrained"] = {"name": weights.name, **weight_packages.provenance(weights)}
         return record
     path = Path(config.pretrained)
     record["pretrained"] = (
