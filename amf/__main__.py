@@ -210,6 +210,11 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--fold", type=int, help="only this fold")
     parser.add_argument("--index", type=int, help="only the index-th (domain, fold) of the plan (array jobs)")
     parser.add_argument("--strict", action="store_true", help="fail if any image file is missing")
+    parser.add_argument(
+        "--refit",
+        action="store_true",
+        help="one model per domain on all its crops, no validation (serve it with `assemble --refit`)",
+    )
     group = parser.add_argument_group(
         "training settings", "each: the value given, else the run folder's (a resumed run), else the built-in"
     )
@@ -235,6 +240,14 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     setting("--amp", action=argparse.BooleanOptionalAction, help="mixed precision on GPU")
     setting("--workers", type=int, help="data loading processes")
     setting("--seed", type=int, help="seed of initialisation, sampling and augmentation")
+    setting(
+        "--teacher",
+        help="distillation: an ensemble folder assembled on this plan; each model learns the P(atypical) "
+        "of the members that never saw its validation crops, averaged over the 8 dihedral views",
+    )
+    setting(
+        "--teacher-weight", type=float, help="share of each target from the teacher, the rest the label's"
+    )
     parser.set_defaults(handler=_train)
 
 
@@ -257,7 +270,14 @@ def _train(args: argparse.Namespace) -> None:
     given = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__}
     config = runs.settings(args.out, given)
     runs.run_plan(
-        args.plan, args.out, config, domain=args.domain, fold=args.fold, index=args.index, strict=args.strict
+        args.plan,
+        args.out,
+        config,
+        domain=args.domain,
+        fold=args.fold,
+        index=args.index,
+        strict=args.strict,
+        refit=args.refit,
     )
 
 
@@ -276,13 +296,21 @@ def add_assemble(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tta", choices=list(TTA_VIEWS), default="none", help="test-time views the ensemble is served with"
     )
+    parser.add_argument(
+        "--refit",
+        type=Path,
+        help="a run folder holding the refit of --run's recipe (`train --refit`): --out then serves it, "
+        "with the threshold of --run's folds",
+    )
     parser.set_defaults(handler=_assemble)
 
 
 def _assemble(args: argparse.Namespace) -> None:
     from amf import runs
 
-    ensemble = runs.assemble(args.run, args.domain, args.out, method=args.threshold, tta=args.tta)
+    ensemble = runs.assemble(
+        args.run, args.domain, args.out, method=args.threshold, tta=args.tta, refit=args.refit
+    )
     oof = ensemble.provenance["out_of_fold"]
     print(
         f"{ensemble.name}: threshold {ensemble.threshold.value:.4f} ({ensemble.threshold.method}); "

@@ -32,6 +32,8 @@ class TrainConfig:
     focal_alpha: float = -1.0  # < 0: no class weighting (the sampler already balances)
     epoch_size: int | None = None  # crops drawn per epoch; None: the training set's size
     patience: int = 0  # stop after this many epochs without a better AUROC; 0: never
+    teacher: str | None = None  # an ensemble folder on the same plan whose P(atypical) is learnt
+    teacher_weight: float = 1.0  # share of each target from the teacher; the rest from the labels
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
     workers: int = 2
     seed: int = 0
@@ -47,6 +49,10 @@ class TrainConfig:
                 (f"stain must be in [0, 1), got {self.stain}", not 0 <= self.stain < 1),
                 (f"warmup must be in (0, 1), got {self.warmup}", not 0 < self.warmup < 1),
                 (f"workers must be >= 0, got {self.workers}", self.workers < 0),
+                (
+                    f"teacher weight must be in (0, 1], got {self.teacher_weight}",
+                    not 0 < self.teacher_weight <= 1,
+                ),
             )
             if bad
         ]

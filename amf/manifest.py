@@ -25,7 +25,7 @@ ONNX_VARIANTS = ("fp32", "fp16")  # written by amf.onnx_export, served by amf.on
 EXPORTERS = ("auto", "dynamo", "torchscript")  # how amf.onnx_export traces; auto: dynamo, else torchscript
 # Test-time augmentation: the symmetries of the square (amf.preprocess.dihedral) whose
 # predictions are averaged, by the container and by the out-of-fold scores behind the threshold.
-TTA_VIEWS = {"none": (0,), "flips": (0, 2, 4, 6), "dihedral": tuple(range(8))}
+TTA_VIEWS = {"none": (0,), "mirror": (0, 4), "flips": (0, 2, 4, 6), "dihedral": tuple(range(8))}
 MIN_SIZE, MAX_SIZE = 16, 1024  # input.size: a crop network's input, not a whole slide
 MAX_MANIFEST_BYTES = 1 << 20
 _REQUIRED = ("format", "architecture", "input", "folds", "threshold")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from amf import manifest, models, writing
+from amf import distill, manifest, models, writing
 from amf.config import TrainConfig, config_differences
 from amf.dataset import Sample, check_images, load_table
 from amf.ensemble import Ensemble
@@ -41,10 +41,13 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 OOF_PREDICTIONS = "oof_predictions.csv"
+TEACHER_TABLE = "teacher.npz"  # a student run's cache of its teacher's scores (amf.distill)
+REFIT = "refit"
 
 
-def model_dir(run_dir: Path, domain: str, fold: int) -> Path:
-    return ensemble_dir(run_dir, domain) / f"fold{fold}"
+def model_dir(run_dir: Path, domain: str, fold: int | None) -> Path:
+    """One model's folder: `fold<k>`, or `refit` for the model trained on every crop (fold None)."""
+    return ensemble_dir(run_dir, domain) / (REFIT if fold is None else f"fold{fold}")
 
 
 def run_plan(
@@ -56,6 +59,7 @@ def run_plan(
     fold: int | None = None,
     index: int | None = None,
     strict: bool = False,
+    refit: bool = False,
 ) -> list[dict[str, Any]]:
     """Train the plan's models that are not finished yet: all, one domain, one fold, or task `index`.
 
@@ -64,36 +68,63 @@ def run_plan(
         fold: one fold of each selected domain; None for all folds.
         index: the index-th (domain, fold) of the whole plan (a cluster array job's task id).
         strict: fail when an image file is missing instead of excluding that crop.
+        refit: instead of the folds, one model per selected domain on all its training crops
+            (no validation: the last epoch is kept); `assemble --refit` serves it with the
+            threshold of a cross-validation run of the same recipe.
     """
     if not is_main_process():  # torchrun: only the first process reports progress
         logging.getLogger("amf").setLevel(logging.WARNING)
     plan = load_plan(plan_path)
     samples = plan_samples(plan)
     tasks = select_tasks(plan, domain=domain, fold=fold, index=index)
+    if refit:
+        if fold is not None or index is not None:
+            raise InputError("a refit trains one model per domain on all its crops: no --fold or --index")
+        tasks = [(d, None) for d in dict.fromkeys(d for d, _ in tasks)]
     todo = [(d, k) for d, k in tasks if not (model_dir(run_dir, d, k) / RESULT).is_file()]
     if todo and config.pretrained is not None:  # a bad --pretrained fails before the folder and crops
         models.create(config.architecture, pretrained=config.pretrained)
+    plan_sha256 = writing.sha256_of(plan_path)
+    if todo and config.teacher is not None:
+        distill.check_teacher(Path(config.teacher), plan_sha256)
     _bind_run(Path(run_dir), Path(plan_path), config)
     log.info(
         "%d models selected, %d finished already, %d to train", len(tasks), len(tasks) - len(todo), len(todo)
     )
     if not todo:
         return []
-    needed = {i for d, k in todo for ids in plan.split(d, k) for i in ids}
+    needed = {i for d, k in todo for ids in _split(plan, d, k) for i in ids}
     present = check_images([samples[i] for i in sorted(needed)], strict=strict)
     crops = load_crops(present)
     results = []
     for d, k in todo:
-        train_ids, val_ids = plan.split(d, k)
-        log.info("training %s fold %d", d, k)
+        train_ids, val_ids = _split(plan, d, k)
+        log.info("training %s %s", d, f"fold {k}" if k is not None else "refit on every crop")
         train_samples = [samples[i] for i in train_ids if i in crops]
         val_samples = [samples[i] for i in val_ids if i in crops]
-        results.append(train(train_samples, val_samples, config, model_dir(run_dir, d, k), crops=crops))
-        if is_main_process() and all(
-            (model_dir(run_dir, d, f) / RESULT).is_file() for f in range(plan.n_folds)
+        teacher = None
+        if config.teacher is not None:
+            table = distill.teacher_table(
+                Path(config.teacher), plan, plan_sha256, d, crops, ensemble_dir(run_dir, d) / TEACHER_TABLE
+            )
+            teacher = table.targets([s.id for s in train_samples], k)
+        results.append(
+            train(train_samples, val_samples, config, model_dir(run_dir, d, k), crops=crops, teacher=teacher)
+        )
+        if (
+            k is not None
+            and is_main_process()
+            and all((model_dir(run_dir, d, f) / RESULT).is_file() for f in range(plan.n_folds))
         ):
             assemble(run_dir, d)
     return results
+
+
+def _split(plan: Plan, domain: str, fold: int | None) -> tuple[list[str], list[str]]:
+    """(train ids, validation ids) of a fold, or of the refit (fold None): every crop, no validation."""
+    if fold is not None:
+        return plan.split(domain, fold)
+    return [i for ids in plan.domains[domain].folds for i in ids], []
 
 
 def select_tasks(
@@ -172,6 +203,7 @@ def assemble(
     *,
     method: str = "youden",
     tta: str = "none",
+    refit: Path | None = None,
 ) -> Manifest:
     """Make one domain's fold models an ensemble, its threshold chosen on out-of-fold predictions.
 
@@ -186,30 +218,74 @@ def assemble(
         method: 'youden' (max balanced accuracy on the OOF labels), 'otsu' (label-free) or a number.
         tta: the test-time views the ensemble is served with; each fold's validation crops are
             scored again through them, so the threshold fits the scores the container makes.
+        refit: a run folder holding the same recipe's refit on every crop (`amf train --refit`):
+            `target` then serves that one model, with the threshold and out-of-fold figures of
+            the folds of `runs` (one run), which estimate it.
 
     Raises:
         ModelError: unfinished folds, or folds that disagree on the input they expect.
-        InputError: runs of different plans, or several runs without a target.
+        InputError: runs of different plans, several runs without a target, or a refit of
+            another recipe.
     """
     runs = [Path(runs)] if isinstance(runs, str | Path) else [Path(run) for run in runs]
-    if len(runs) > 1 and target is None:
-        raise InputError("an ensemble of several runs needs a target folder (--out)")
+    if (len(runs) > 1 or refit is not None) and target is None:
+        raise InputError("an ensemble of several runs, or a refit, needs a target folder (--out)")
     combined = _combine(runs, domain, method, tta)
     if len(runs) == 1:  # the run folder always holds its latest assembly; the manifest last
         ensemble = _run_manifest(runs[0], combined)
         writing.write_rows(ensemble_dir(runs[0], combined.domain) / OOF_PREDICTIONS, combined.oof)
         manifest.save(ensemble, ensemble_dir(runs[0], combined.domain))
     if target is not None:
-        target = Path(target)
-        target.mkdir(parents=True, exist_ok=True)
-        files = [f"fold{k}.safetensors" for k in range(len(combined.dirs))]
-        for d, member, name in zip(combined.dirs, combined.members, files, strict=True):
-            shutil.copyfile(d / member.folds[0].file, target / name)
-            (target / name).chmod(0o644)
-        ensemble = manifest.create(target, files, combined.architectures, **combined.fields)
-        manifest.save(ensemble, target)
-    log.info("%s: %d folds, %s", target or runs[0], len(combined.dirs), ensemble.threshold.method)
+        sources = combined.sources() if refit is None else _refit_source(refit, runs, combined)
+        ensemble = _flat_ensemble(Path(target), sources, combined, refit)
+    log.info("%s: %d folds, %s", target or runs[0], len(ensemble.folds), ensemble.threshold.method)
     return ensemble
+
+
+def _flat_ensemble(
+    target: Path, sources: list[tuple[Path, str]], combined: _Combined, refit: Path | None
+) -> Manifest:
+    """Copy the (weights, architecture) `sources` into `target` as fold<k>.safetensors (refit:
+    refit.safetensors) and write its manifest."""
+    target.mkdir(parents=True, exist_ok=True)
+    files = [REFIT + ".safetensors"] if refit else [f"fold{k}.safetensors" for k in range(len(sources))]
+    for (source, _), name in zip(sources, files, strict=True):
+        shutil.copyfile(source, target / name)
+        (target / name).chmod(0o644)
+    fields = combined.fields
+    if refit is not None:
+        n_crops = len(combined.oof)
+        fields = {
+            **fields,
+            "name": f"{combined.architectures[0]}-{fields['input'].size}px-refit-{slug(combined.domain)}",
+            "description": f"one model trained on all {n_crops} crops; threshold and out-of-fold figures "
+            f"from the {len(combined.dirs)}-fold run of the same recipe",
+            "provenance": {
+                **fields["provenance"],
+                "refit": json.loads((model_dir(refit, combined.domain, None) / RESULT).read_text()),
+            },
+        }
+    ensemble = manifest.create(target, files, [arch for _, arch in sources], **fields)
+    manifest.save(ensemble, target)
+    return ensemble
+
+
+def _refit_source(refit: Path, runs: list[Path], combined: _Combined) -> list[tuple[Path, str]]:
+    """The refit model's weights, refused unless it is the folds' recipe on their plan."""
+    if len(runs) != 1:
+        raise InputError("a refit is served with the threshold of one run's folds: give one --run")
+    folds, trained = read_run(runs[0]), read_run(refit)
+    differs = config_differences(folds.config, trained.config)
+    if trained.plan != folds.plan or differs:
+        raise InputError(
+            f"{refit}: not the refit of {runs[0]}'s recipe on its plan ({differs or 'other plan'})"
+        )
+    folder = model_dir(refit, combined.domain, None)
+    if not (folder / RESULT).is_file():
+        raise ModelError(f"{folder}: the refit is not finished (train it with `amf train --refit`)")
+    member = manifest.load(folder)
+    manifest.check_sha256(folder / member.folds[0].file, member.folds[0].sha256)
+    return [(folder / member.folds[0].file, member.architecture)]
 
 
 def domain_ensemble(
@@ -246,6 +322,10 @@ class _Combined:
     @property
     def architectures(self) -> list[str]:
         return [member.architecture for member in self.members]
+
+    def sources(self) -> list[tuple[Path, str]]:
+        """Each fold's weight file and architecture, in ensemble order."""
+        return [(d / m.folds[0].file, m.architecture) for d, m in zip(self.dirs, self.members, strict=True)]
 
 
 def _combine(runs: list[Path], domain: str, method: str, tta: str) -> _Combined:
@@ -291,6 +371,7 @@ def _combine(runs: list[Path], domain: str, method: str, tta: str) -> _Combined:
             "plan": file_record(records[0].plan),
             "table": {"file": Path(plan.table).name, "sha256": plan.table_sha256},
             "domain": domain,
+            "held_out_folds": [k for _ in runs for k in range(n)],  # of each member: amf.distill
             "training": [recipe(record.config) for record in records],
             "versions": members[0].provenance.get("versions", {}),
             "out_of_fold": binary_metrics(labels, scores, threshold=threshold),

@@ -102,26 +102,30 @@ def train(
     out_dir: Path,
     *,
     crops: dict[str, np.ndarray] | None = None,
+    teacher: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Train one model into `out_dir` (resuming a killed run there) and return its result.
 
     Args:
         train_samples, val_samples: the split; their images must exist (see dataset.check_images).
+            Without validation samples (a refit on every crop) the last epoch is kept.
         config: the recipe; a resumed run must use the same one.
         crops: decoded crops by sample id (from `load_crops`); decoded here when None.
+        teacher: a teacher's P(atypical) by sample id (`amf.distill`), mixed into the targets
+            by `config.teacher_weight`.
 
     Raises:
-        InputError: an empty split, or a resumed folder trained with another config.
+        InputError: no training samples, or a resumed folder trained with another config.
     """
     out_dir = Path(out_dir)
     if (out_dir / RESULT).is_file():
         return json.loads((out_dir / RESULT).read_text())
-    if not train_samples or not val_samples:
-        raise InputError(f"{out_dir}: training needs a non-empty training and validation set")
+    if not train_samples:
+        raise InputError(f"{out_dir}: training needs a non-empty training set")
     runtime = start_runtime()
     crops = crops if crops is not None else load_crops([*train_samples, *val_samples])
     spec = models.default_input_spec(config.architecture, config.size)
-    loader = _loader(train_samples, crops, spec, config, runtime)
+    loader = _loader(train_samples, crops, spec, config, runtime, teacher)
     seed_everything(config.seed)
     fit = _start(config, runtime, spec, steps=config.epochs * len(loader))
     progress = _resume(fit, out_dir)
@@ -134,7 +138,8 @@ def train(
         row = _train_epoch(fit, network, loader, epoch)
         stop = False
         if runtime.main:
-            row.update(_validate(fit, val_crops, val_labels))
+            if val_crops:
+                row.update(_validate(fit, val_crops, val_labels))
             stop = _end_epoch(fit, out_dir, row, progress)
         if broadcast(stop, runtime):
             break
@@ -174,11 +179,15 @@ def _loader(
     spec: InputSpec,
     config: TrainConfig,
     runtime: Runtime,
+    teacher: dict[str, float] | None,
 ) -> DataLoader:
     labels = np.array([s.label for s in samples])
     targets = np.array(
         [s.soft_label if config.soft_labels else float(s.label) for s in samples], dtype=np.float32
     )
+    if teacher is not None:
+        taught = np.array([teacher[s.id] for s in samples], dtype=np.float32)
+        targets = config.teacher_weight * taught + (1 - config.teacher_weight) * targets
     epoch_size = config.epoch_size or len(samples)
     if epoch_size < config.batch_size * runtime.world:
         raise InputError(
@@ -259,8 +268,9 @@ def _end_epoch(fit: _Fit, out_dir: Path, row: dict[str, float], progress: _Progr
     """Keep the best weights, save the state to resume from, rewrite metrics.csv; True to stop early."""
     out_dir.mkdir(parents=True, exist_ok=True)
     epoch, config = row["epoch"] - 1, fit.config
-    if progress.best_epoch < 0 or row["val_auroc"] > progress.best_auroc:
-        progress.best_epoch, progress.best_auroc = epoch, row["val_auroc"]
+    validated = "val_auroc" in row  # without validation (a refit) the last epoch is kept
+    if not validated or progress.best_epoch < 0 or row["val_auroc"] > progress.best_auroc:
+        progress.best_epoch, progress.best_auroc = epoch, row.get("val_auroc", float("-inf"))
         models.save_weights(fit.model, out_dir / WEIGHTS)
     progress.epoch = epoch
     progress.history.append(row)
@@ -277,12 +287,16 @@ def _end_epoch(fit: _Fit, out_dir: Path, row: dict[str, float], progress: _Progr
             "longer --warmup, or check --pretrained.",
             out_dir, row["train_loss"], row["chance_loss"],
         )  # fmt: skip
+    validation = (
+        f"val AUROC {row['val_auroc']:.4f} (best {progress.best_auroc:.4f} @{progress.best_epoch + 1}) "
+        f"BA@otsu {row['val_ba_otsu']:.3f}"
+        if validated
+        else "no validation"
+    )
     log.info(
-        "epoch %d/%d loss %.4f val AUROC %.4f (best %.4f @%d) BA@otsu %.3f "
-        "%.0f img/s, data wait %.0f%%, %.0f s",
-        epoch + 1, config.epochs, row["train_loss"], row["val_auroc"], progress.best_auroc,
-        progress.best_epoch + 1, row["val_ba_otsu"], row["images_per_s"], 100 * row["data_wait_share"],
-        row["seconds"],
+        "epoch %d/%d loss %.4f %s %.0f img/s, data wait %.0f%%, %.0f s",
+        epoch + 1, config.epochs, row["train_loss"], validation, row["images_per_s"],
+        100 * row["data_wait_share"], row["seconds"],
     )  # fmt: skip
     return config.patience > 0 and epoch - progress.best_epoch >= config.patience
 
@@ -309,6 +323,13 @@ def recipe(config: TrainConfig) -> dict[str, Any]:
     """The settings as provenance: a weight package by name, version and sha256, a local
     pretrained file by name, sha256 and source, never by a path of the machine that trained."""
     record = asdict(config)
+    if config.teacher is not None:  # by the manifest that says which members and threshold it has
+        teacher = Path(config.teacher) / manifest.MANIFEST_NAME
+        record["teacher"] = (
+            {"folder": teacher.parent.name, **file_record(teacher)}
+            if teacher.is_file()
+            else teacher.parent.name
+        )
     if config.pretrained in (None, "hub"):
         return record
     weights = weight_packages.package(config.pretrained)
@@ -341,7 +362,35 @@ def _finish(
     draft = manifest.create(
         out_dir, [WEIGHTS], config.architecture, input=fit.spec, threshold=Threshold(0.5, "placeholder")
     )
-    scores = predict_crops(Ensemble.load(draft, out_dir), val_crops, fit.spec)
+    threshold, validation = _score_validation(draft, out_dir, val_samples, val_crops)
+    result = {
+        "config": recipe(config),
+        "best_epoch": progress.best_epoch + 1,
+        "epochs_run": progress.epoch + 1,
+        "n_train": len(train_samples),
+        "n_train_atypical": sum(s.label for s in train_samples),
+        "validation": validation,
+        "seconds": time.perf_counter() - started,
+        "versions": _versions(),
+    }
+    provenance = {key: result[key] for key in ("config", "best_epoch", "n_train", "validation", "versions")}
+    final = replace(draft, name=out_dir.name, threshold=threshold, provenance=provenance)
+    manifest.save(final, out_dir)
+    writing.write_json_atomic(out_dir / RESULT, result)
+    (out_dir / LAST).unlink()  # optimizer state is 2-3x the weights; a finished model never resumes
+    kept = f"validation AUROC {validation['roc_auc']:.4f}" if validation else "no validation (a refit)"
+    log.info("%s: kept epoch %d, %s", out_dir, result["best_epoch"], kept)
+    return result
+
+
+def _score_validation(
+    draft: manifest.Manifest, out_dir: Path, val_samples: Sequence[Sample], val_crops: list[np.ndarray]
+) -> tuple[Threshold, dict[str, Any] | None]:
+    """The kept weights on the validation crops through Ensemble (as served): their threshold and
+    metrics, the predictions written to val_predictions.csv. A refit has none."""
+    if not val_samples:
+        return Threshold(0.5, "none: trained on every crop (`amf assemble --refit` takes a threshold)"), None
+    scores = predict_crops(Ensemble.load(draft, out_dir), val_crops, draft.input)
     labels = np.array([s.label for s in val_samples])
     threshold = youden_threshold(labels, scores)
     writing.write_rows(
@@ -351,33 +400,8 @@ def _finish(
             for s, p in zip(val_samples, scores, strict=True)
         ],
     )
-    result = {
-        "config": recipe(config),
-        "best_epoch": progress.best_epoch + 1,
-        "epochs_run": progress.epoch + 1,
-        "n_train": len(train_samples),
-        "n_train_atypical": sum(s.label for s in train_samples),
-        "validation": binary_metrics(labels, scores, threshold=threshold),
-        "seconds": time.perf_counter() - started,
-        "versions": _versions(),
-    }
-    provenance = {key: result[key] for key in ("config", "best_epoch", "n_train", "validation", "versions")}
-    final = replace(
-        draft,
-        name=out_dir.name,
-        threshold=Threshold(threshold, "youden on this fold's validation set"),
-        provenance=provenance,
-    )
-    manifest.save(final, out_dir)
-    writing.write_json_atomic(out_dir / RESULT, result)
-    (out_dir / LAST).unlink()  # optimizer state is 2-3x the weights; a finished model never resumes
-    log.info(
-        "%s: best epoch %d, validation AUROC %.4f",
-        out_dir,
-        result["best_epoch"],
-        result["validation"]["roc_auc"],
-    )
-    return result
+    metrics = binary_metrics(labels, scores, threshold=threshold)
+    return Threshold(threshold, "youden on this fold's validation set"), metrics
 
 
 def _versions() -> dict[str, str]:

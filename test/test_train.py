@@ -128,3 +128,17 @@ def test_torchrun_trains_data_parallel_on_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stderr.count("validation AUROC") == 1  # only rank 0 reports
     assert manifest.load(tmp_path / "run" / "all" / "fold0").architecture == TINY.architecture
+
+
+def test_teacher_targets_are_mixed_with_the_labels_by_the_teacher_weight(samples):
+    train_samples, _ = _split(samples)
+    crops = training_data.load_crops(train_samples)
+    teacher = {s.id: 0.25 for s in train_samples}
+    config = dataclasses.replace(TINY, soft_labels=True, teacher="unused", teacher_weight=0.75)
+    runtime = train.start_runtime()
+    spec = train.models.default_input_spec(config.architecture, config.size)
+    loader = train._loader(train_samples, crops, spec, config, runtime, teacher)
+    expected = [0.75 * 0.25 + 0.25 * s.soft_label for s in train_samples]
+    np.testing.assert_allclose(loader.dataset.targets, expected, rtol=1e-6)
+    plain = train._loader(train_samples, crops, spec, config, runtime, None)
+    np.testing.assert_allclose(plain.dataset.targets, [s.soft_label for s in train_samples], rtol=1e-6)

@@ -1,0 +1,170 @@
+"""Distillation: what a teacher ensemble says about every crop of a plan, under every view.
+
+A student (`amf train --teacher DIR`) learns the teacher's P(atypical) averaged over the eight
+dihedral views, while it sees one random view per draw: the views become training augmentation,
+and the student needs none when served. The teacher is an ensemble folder assembled from runs on
+the student's own plan (`amf assemble`); each member was trained on one plan fold's training
+part, so the student of fold k learns only from the members that never saw fold k's crops, and
+its out-of-fold figures stay honest. A refit student (trained on every crop) learns from all.
+
+The table of every member's score for every crop and view is computed once (torch, on the
+CPU: about 60 passes a second a core for the MobileNets at 128 px) and cached in the student's
+run folder. It also gives each member set's out-of-fold score under any views, which
+`bench/bench_front.py` reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from amf import manifest, writing
+from amf.errors import InputError, ModelError
+from amf.manifest import Manifest
+from amf.plan import Plan
+from amf.preprocess import dihedral, prepared_batches
+
+log = logging.getLogger(__name__)
+
+VIEWS = 8  # the symmetries of the square (amf.preprocess.dihedral)
+FORMAT = "amf-teacher/1"
+
+
+@dataclass(frozen=True)
+class TeacherTable:
+    """P(atypical) of each teacher member (axis 0) under each view (axis 1) for each crop (axis 2)."""
+
+    ids: tuple[str, ...]
+    held_out: tuple[int, ...]  # the plan fold each member did not train on
+    architectures: tuple[str, ...]
+    sha256: tuple[str, ...]  # of each member's weights: a changed teacher invalidates the cache
+    scores: np.ndarray
+
+    def targets(self, ids: Sequence[str], fold: int | None) -> dict[str, float]:
+        """The student's targets: the view-mean of the members that held out plan fold `fold`
+        (None, a refit student: of every member)."""
+        members = [m for m, k in enumerate(self.held_out) if fold is None or k == fold]
+        if not members:
+            raise ModelError(f"the teacher has no member that held out fold {fold}")
+        mean = self.scores[members].mean(axis=(0, 1))
+        column = {i: c for c, i in enumerate(self.ids)}
+        return {i: float(mean[column[i]]) for i in ids}
+
+    def out_of_fold(
+        self, fold_of: dict[str, int], members: Sequence[int], views: Sequence[int]
+    ) -> np.ndarray:
+        """Each crop's mean score over `views` and over those of `members` that held out its fold."""
+        chosen = self.scores[np.ix_(list(members), list(views))].mean(axis=1)
+        held = np.array([self.held_out[m] for m in members])
+        folds = np.array([fold_of[i] for i in self.ids])
+        mask = held[:, None] == folds[None, :]
+        if not mask.any(axis=0).all():
+            raise ModelError("some crops have no member that held out their fold")
+        return (chosen * mask).sum(axis=0) / mask.sum(axis=0)
+
+
+def member_folds(teacher: Manifest, n_folds: int) -> tuple[int, ...]:
+    """The plan fold each member held out: `assemble` lists each run's folds in plan order."""
+    recorded = teacher.provenance.get("held_out_folds")
+    if recorded is not None:
+        return tuple(int(k) for k in recorded)
+    if len(teacher.folds) % n_folds:
+        raise ModelError(f"a teacher of {len(teacher.folds)} members does not fit a {n_folds}-fold plan")
+    return tuple(i % n_folds for i in range(len(teacher.folds)))
+
+
+def check_teacher(teacher_dir: Path, plan_sha256: str) -> Manifest:
+    """The teacher's manifest, refused unless it was assembled on the student's plan: a student
+    learns only from members that never saw its validation crops."""
+    teacher = manifest.load(teacher_dir)
+    recorded = teacher.provenance.get("plan", {}).get("sha256")
+    if recorded != plan_sha256:
+        raise InputError(
+            f"{teacher_dir}: the teacher was assembled on another plan (plan sha256 {recorded}, "
+            f"the student's {plan_sha256}); its members must not have seen the student's validation crops"
+        )
+    return teacher
+
+
+def teacher_table(
+    teacher_dir: Path, plan: Plan, plan_sha256: str, domain: str, crops: dict[str, np.ndarray], cache: Path
+) -> TeacherTable:
+    """Every member of the ensemble in `teacher_dir` on every crop of `domain`, under all views;
+    read from `cache` when it was made by the same teacher, else computed and written there.
+
+    Raises:
+        InputError: the teacher was assembled on another plan.
+        ModelError: its members do not fit the plan's folds.
+    """
+    teacher = check_teacher(teacher_dir, plan_sha256)
+    ids = tuple(i for fold in plan.domains[domain].folds for i in fold if i in crops)
+    held_out = member_folds(teacher, plan.n_folds)
+    sha256 = tuple(fold.sha256 or "" for fold in teacher.folds)
+    cached = _read(cache) if cache.is_file() else None
+    if cached is not None and cached.ids == ids and cached.sha256 == sha256:
+        return cached
+    architectures = tuple(teacher.architecture_of(fold) for fold in teacher.folds)
+    scores = np.stack(
+        [_member_views(teacher, m, teacher_dir, [crops[i] for i in ids]) for m in range(len(sha256))]
+    )
+    table = TeacherTable(ids, held_out, architectures, sha256, scores)
+    _write(table, cache)
+    return table
+
+
+def _member_views(teacher: Manifest, member: int, teacher_dir: Path, crops: list[np.ndarray]) -> np.ndarray:
+    """(VIEWS, crops) P(atypical) of one member, as the container would score each view."""
+    from amf.ensemble import Ensemble  # torch: training only
+
+    started = time.perf_counter()
+    network = Ensemble.load(replace(teacher, folds=(teacher.folds[member],)), teacher_dir)
+    columns = [
+        np.stack([network.predict(dihedral(batch, k, axes=(-2, -1))) for k in range(VIEWS)])
+        for batch in prepared_batches(crops, teacher.input, 64)
+    ]
+    log.info(
+        "teacher member %d/%d (%s): %d crops x %d views in %.0f s",
+        member + 1, len(teacher.folds), teacher.architecture_of(teacher.folds[member]), len(crops), VIEWS,
+        time.perf_counter() - started,
+    )  # fmt: skip
+    return np.concatenate(columns, axis=1).astype(np.float32)
+
+
+def _write(table: TeacherTable, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "format": np.array(FORMAT),
+        "ids": np.array(table.ids),
+        "held_out": np.array(table.held_out),
+        "architectures": np.array(table.architectures),
+        "sha256": np.array(table.sha256),
+        "scores": table.scores,
+    }
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a path not ending in .npz would get one appended
+            np.savez(handle, **arrays)
+
+    writing.write_with(path, save)
+
+
+def _read(path: Path) -> TeacherTable | None:
+    """A cached table, or None when it is not one of ours (it is then computed again)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["format"]) != FORMAT:
+                return None
+            return TeacherTable(
+                tuple(str(i) for i in data["ids"]),
+                tuple(int(k) for k in data["held_out"]),
+                tuple(str(a) for a in data["architectures"]),
+                tuple(str(s) for s in data["sha256"]),
+                data["scores"],
+            )
+    except (OSError, ValueError, KeyError):
+        return None

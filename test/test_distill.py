@@ -1,0 +1,136 @@
+"""amf.distill and distillation through `amf train --teacher`: a student of fold k learns only from
+the teacher members that never saw fold k, the teacher's scores are what the container serves,
+and a refit on every crop is served with the threshold of its cross-validation run."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic_data import TINY
+
+from amf import distill, manifest, runs
+from amf.ensemble import Ensemble
+from amf.errors import InputError, ModelError
+from amf.plan import load_plan
+from amf.predict import predict_crops
+from amf.train import RESULT, VAL_PREDICTIONS
+from amf.training_data import load_crops
+from amf.writing import read_rows, sha256_of
+
+# `lodo` (conftest, once per session): a plan of 2 domains x 2 folds and a finished run of it.
+
+
+@pytest.fixture
+def teacher(lodo, tmp_path: Path) -> Path:
+    """Domain beta of the session's run, assembled into its own folder: a 2-member teacher."""
+    run = Path(shutil.copytree(lodo[0] / "run", tmp_path / "teacher-run"))
+    runs.assemble(run, "beta", tmp_path / "teacher")
+    return tmp_path / "teacher"
+
+
+def _table(lodo, teacher: Path, cache: Path) -> tuple[distill.TeacherTable, dict]:
+    root, plan_path, samples = lodo
+    plan = load_plan(plan_path)
+    crops = load_crops(samples)
+    return distill.teacher_table(teacher, plan, sha256_of(plan_path), "beta", crops, cache), crops
+
+
+def test_teacher_scores_are_the_members_as_served_under_each_view(lodo, teacher, tmp_path):
+    table, crops = _table(lodo, teacher, tmp_path / "teacher.npz")
+    ensemble = manifest.load(teacher)
+    assert table.scores.shape == (2, distill.VIEWS, len(table.ids))
+    assert table.held_out == (0, 1) == tuple(ensemble.provenance["held_out_folds"])
+    member = Ensemble.load(dataclasses.replace(ensemble, folds=ensemble.folds[1:]), teacher)
+    served = predict_crops(member, [crops[i] for i in table.ids], ensemble.input, tta="dihedral")
+    np.testing.assert_allclose(table.scores[1].mean(axis=0), served, atol=1e-6)
+    assert not np.allclose(table.scores[1, 0], table.scores[1, 5])  # the views differ
+    # cached: the same table comes back without a model, a changed teacher is scored again
+    assert _table(lodo, teacher, tmp_path / "teacher.npz")[0].scores.tobytes() == table.scores.tobytes()
+
+
+def test_a_fold_learns_from_the_members_that_held_it_out(lodo, teacher, tmp_path):
+    table, _ = _table(lodo, teacher, tmp_path / "teacher.npz")
+    plan = load_plan(lodo[1])
+    train_ids, _ = plan.split("beta", 0)
+    targets = table.targets(train_ids, 0)
+    column = {i: c for c, i in enumerate(table.ids)}
+    expected = table.scores[0].mean(axis=0)  # member 0 held out fold 0: it trained on these crops
+    assert targets == {i: pytest.approx(float(expected[column[i]])) for i in train_ids}
+    refit = table.targets(table.ids, None)
+    assert refit[table.ids[0]] == pytest.approx(float(table.scores[:, :, 0].mean()))
+
+
+def test_out_of_fold_scores_are_each_folds_own_validation_predictions(lodo, teacher, tmp_path):
+    table, _ = _table(lodo, teacher, tmp_path / "teacher.npz")
+    plan = load_plan(lodo[1])
+    fold_of = {i: k for k, ids in enumerate(plan.domains["beta"].folds) for i in ids}
+    oof = dict(zip(table.ids, table.out_of_fold(fold_of, [0, 1], [0]), strict=True))
+    for k in (0, 1):  # training scored each fold's validation crops through view 0
+        for row in read_rows(lodo[0] / "run" / "beta" / f"fold{k}" / VAL_PREDICTIONS):
+            assert oof[row["id"]] == pytest.approx(float(row["p_atypical"]), abs=1e-6)
+
+
+def test_student_run_trains_on_the_teachers_targets(lodo, teacher, tmp_path, monkeypatch):
+    seen = []
+    train = runs.train
+
+    def spy(train_samples, *args, teacher=None, **kwargs):
+        seen.append(teacher)
+        return train(train_samples, *args, teacher=teacher, **kwargs)
+
+    monkeypatch.setattr(runs, "train", spy)
+    config = dataclasses.replace(TINY, teacher=str(teacher), teacher_weight=0.5)
+    runs.run_plan(lodo[1], tmp_path / "student", config, domain="beta")
+    table = distill._read(tmp_path / "student" / "beta" / runs.TEACHER_TABLE)
+    plan = load_plan(lodo[1])
+    for k, targets in enumerate(seen):
+        assert targets == table.targets(plan.split("beta", k)[0], k)
+    student = manifest.load(tmp_path / "student" / "beta")
+    assert student.provenance["training"][0]["teacher"] == {
+        "folder": "teacher",
+        "file": "manifest.json",
+        "sha256": sha256_of(teacher / "manifest.json"),
+    }
+
+
+def test_a_teacher_of_another_plan_is_refused(lodo, teacher, tmp_path):
+    other = tmp_path / "other-plan.json"
+    other.write_bytes(lodo[1].read_bytes() + b"\n")
+    config = dataclasses.replace(TINY, teacher=str(teacher))
+    with pytest.raises(InputError, match="assembled on another plan"):
+        runs.run_plan(other, tmp_path / "student", config, domain="beta")
+    assert not (tmp_path / "student").exists()
+
+
+def test_a_teacher_must_fit_the_plans_folds(teacher):
+    odd = dataclasses.replace(manifest.load(teacher), provenance={})
+    assert distill.member_folds(odd, 2) == (0, 1)
+    with pytest.raises(ModelError, match="2 members does not fit a 3-fold plan"):
+        distill.member_folds(odd, 3)
+
+
+def test_refit_is_served_with_the_threshold_of_its_folds(lodo, tmp_path):
+    cv = Path(shutil.copytree(lodo[0] / "run", tmp_path / "cv"))
+    runs.run_plan(lodo[1], tmp_path / "refit", TINY, domain="beta", refit=True)
+    folder = tmp_path / "refit" / "beta" / "refit"
+    assert (folder / RESULT).is_file() and not (folder / VAL_PREDICTIONS).exists()
+    assert manifest.load(folder).threshold.method.startswith("none: trained on every crop")
+    served = runs.assemble(cv, "beta", tmp_path / "model", refit=tmp_path / "refit")
+    folds = runs.assemble(cv, "beta")
+    assert [f.file for f in served.folds] == ["refit.safetensors"]
+    assert served.threshold == folds.threshold
+    assert served.provenance["out_of_fold"] == folds.provenance["out_of_fold"]
+    assert served.provenance["refit"]["n_train"] == len(read_rows(cv / "beta" / runs.OOF_PREDICTIONS))
+    with pytest.raises(InputError, match="no --fold or --index"):
+        runs.run_plan(lodo[1], tmp_path / "refit", TINY, fold=0, refit=True)
+
+
+def test_a_refit_of_another_recipe_is_refused(lodo, tmp_path):
+    cv = Path(shutil.copytree(lodo[0] / "run", tmp_path / "cv"))
+    runs.run_plan(lodo[1], tmp_path / "refit", dataclasses.replace(TINY, epochs=1), domain="beta", refit=True)
+    with pytest.raises(InputError, match="not the refit of .*epochs"):
+        runs.assemble(cv, "beta", tmp_path / "model", refit=tmp_path / "refit")
