@@ -242,8 +242,10 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     setting("--seed", type=int, help="seed of initialisation, sampling and augmentation")
     setting(
         "--teacher",
-        help="distillation: an ensemble folder assembled on this plan; each model learns the P(atypical) "
-        "of the members that never saw its validation crops, averaged over the 8 dihedral views",
+        action="append",
+        help="distillation: an ensemble folder assembled on this plan (repeat to mix several); each model "
+        "learns the mean P(atypical) of the members that never saw its validation crops over the 8 "
+        "dihedral views",
     )
     setting(
         "--teacher-weight", type=float, help="share of each target from the teacher, the rest the label's"

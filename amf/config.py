@@ -32,13 +32,14 @@ class TrainConfig:
     focal_alpha: float = -1.0  # < 0: no class weighting (the sampler already balances)
     epoch_size: int | None = None  # crops drawn per epoch; None: the training set's size
     patience: int = 0  # stop after this many epochs without a better AUROC; 0: never
-    teacher: str | None = None  # an ensemble folder on the same plan whose P(atypical) is learnt
+    teacher: tuple[str, ...] = ()  # ensemble folders on the same plan whose P(atypical) is learnt
     teacher_weight: float = 1.0  # share of each target from the teacher; the rest from the labels
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
     workers: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "teacher", tuple(self.teacher))  # a list when read from run.json
         problems = [
             text
             for text, bad in (

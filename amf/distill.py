@@ -42,7 +42,6 @@ class TeacherTable:
     ids: tuple[str, ...]
     held_out: tuple[int, ...]  # the plan fold each member did not train on
     architectures: tuple[str, ...]
-    sha256: tuple[str, ...]  # of each member's weights: a changed teacher invalidates the cache
     scores: np.ndarray
 
     def targets(self, ids: Sequence[str], fold: int | None) -> dict[str, float]:
@@ -92,29 +91,36 @@ def check_teacher(teacher_dir: Path, plan_sha256: str) -> Manifest:
 
 
 def teacher_table(
-    teacher_dir: Path, plan: Plan, plan_sha256: str, domain: str, crops: dict[str, np.ndarray], cache: Path
+    teachers: Sequence[Path],
+    plan: Plan,
+    plan_sha256: str,
+    domain: str,
+    crops: dict[str, np.ndarray],
+    cache: Path,
 ) -> TeacherTable:
-    """Every member of the ensemble in `teacher_dir` on every crop of `domain`, under all views;
-    read from `cache` when it was made by the same teacher, else computed and written there.
+    """Every member of the ensembles in `teachers` on every crop of `domain`, under all views.
+
+    Each member's scores are kept in `cache` (a folder, one file per member weights' sha256), so
+    a student of other settings, or of another mix of the same members, scores nothing twice.
 
     Raises:
-        InputError: the teacher was assembled on another plan.
+        InputError: a teacher was assembled on another plan.
         ModelError: its members do not fit the plan's folds.
     """
-    teacher = check_teacher(teacher_dir, plan_sha256)
     ids = tuple(i for fold in plan.domains[domain].folds for i in fold if i in crops)
-    held_out = member_folds(teacher, plan.n_folds)
-    sha256 = tuple(fold.sha256 or "" for fold in teacher.folds)
-    cached = _read(cache) if cache.is_file() else None
-    if cached is not None and cached.ids == ids and cached.sha256 == sha256:
-        return cached
-    architectures = tuple(teacher.architecture_of(fold) for fold in teacher.folds)
-    scores = np.stack(
-        [_member_views(teacher, m, teacher_dir, [crops[i] for i in ids]) for m in range(len(sha256))]
-    )
-    table = TeacherTable(ids, held_out, architectures, sha256, scores)
-    _write(table, cache)
-    return table
+    held_out, architectures, scores = [], [], []
+    for teacher_dir in teachers:
+        teacher = check_teacher(Path(teacher_dir), plan_sha256)
+        held_out += member_folds(teacher, plan.n_folds)
+        for member, fold in enumerate(teacher.folds):
+            architectures.append(teacher.architecture_of(fold))
+            path = Path(cache) / f"{fold.sha256 or writing.sha256_of(Path(teacher_dir) / fold.file)}.npz"
+            cached = _read(path, ids)
+            if cached is None:
+                cached = _member_views(teacher, member, Path(teacher_dir), [crops[i] for i in ids])
+                _write(path, ids, cached)
+            scores.append(cached)
+    return TeacherTable(ids, tuple(held_out), tuple(architectures), np.stack(scores))
 
 
 def _member_views(teacher: Manifest, member: int, teacher_dir: Path, crops: list[np.ndarray]) -> np.ndarray:
@@ -128,43 +134,29 @@ def _member_views(teacher: Manifest, member: int, teacher_dir: Path, crops: list
         for batch in prepared_batches(crops, teacher.input, 64)
     ]
     log.info(
-        "teacher member %d/%d (%s): %d crops x %d views in %.0f s",
-        member + 1, len(teacher.folds), teacher.architecture_of(teacher.folds[member]), len(crops), VIEWS,
-        time.perf_counter() - started,
+        "%s member %d/%d (%s): %d crops x %d views in %.0f s",
+        teacher_dir.name, member + 1, len(teacher.folds), teacher.architecture_of(teacher.folds[member]),
+        len(crops), VIEWS, time.perf_counter() - started,
     )  # fmt: skip
     return np.concatenate(columns, axis=1).astype(np.float32)
 
 
-def _write(table: TeacherTable, path: Path) -> None:
+def _write(path: Path, ids: tuple[str, ...], scores: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {
-        "format": np.array(FORMAT),
-        "ids": np.array(table.ids),
-        "held_out": np.array(table.held_out),
-        "architectures": np.array(table.architectures),
-        "sha256": np.array(table.sha256),
-        "scores": table.scores,
-    }
 
     def save(tmp: Path) -> None:
         with open(tmp, "wb") as handle:  # a path not ending in .npz would get one appended
-            np.savez(handle, **arrays)
+            np.savez(handle, format=np.array(FORMAT), ids=np.array(ids), scores=scores)
 
     writing.write_with(path, save)
 
 
-def _read(path: Path) -> TeacherTable | None:
-    """A cached table, or None when it is not one of ours (it is then computed again)."""
+def _read(path: Path, ids: tuple[str, ...]) -> np.ndarray | None:
+    """A member's cached (VIEWS, crops) scores, or None when absent or made for other crops."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            if str(data["format"]) != FORMAT:
+            if str(data["format"]) != FORMAT or tuple(str(i) for i in data["ids"]) != ids:
                 return None
-            return TeacherTable(
-                tuple(str(i) for i in data["ids"]),
-                tuple(int(k) for k in data["held_out"]),
-                tuple(str(a) for a in data["architectures"]),
-                tuple(str(s) for s in data["sha256"]),
-                data["scores"],
-            )
+            return data["scores"]
     except (OSError, ValueError, KeyError):
         return None

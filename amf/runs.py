@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 OOF_PREDICTIONS = "oof_predictions.csv"
-TEACHER_TABLE = "teacher.npz"  # a student run's cache of its teacher's scores (amf.distill)
+TEACHER_SCORES = "teacher-scores"  # a student run's cache of its teachers' scores (amf.distill)
 REFIT = "refit"
 
 
@@ -85,8 +85,8 @@ def run_plan(
     if todo and config.pretrained is not None:  # a bad --pretrained fails before the folder and crops
         models.create(config.architecture, pretrained=config.pretrained)
     plan_sha256 = writing.sha256_of(plan_path)
-    if todo and config.teacher is not None:
-        distill.check_teacher(Path(config.teacher), plan_sha256)
+    for teacher in config.teacher if todo else ():
+        distill.check_teacher(Path(teacher), plan_sha256)
     _bind_run(Path(run_dir), Path(plan_path), config)
     log.info(
         "%d models selected, %d finished already, %d to train", len(tasks), len(tasks) - len(todo), len(todo)
@@ -103,10 +103,9 @@ def run_plan(
         train_samples = [samples[i] for i in train_ids if i in crops]
         val_samples = [samples[i] for i in val_ids if i in crops]
         teacher = None
-        if config.teacher is not None:
-            table = distill.teacher_table(
-                Path(config.teacher), plan, plan_sha256, d, crops, ensemble_dir(run_dir, d) / TEACHER_TABLE
-            )
+        if config.teacher:
+            cache = ensemble_dir(run_dir, d) / TEACHER_SCORES
+            table = distill.teacher_table(config.teacher, plan, plan_sha256, d, crops, cache)
             teacher = table.targets([s.id for s in train_samples], k)
         results.append(
             train(train_samples, val_samples, config, model_dir(run_dir, d, k), crops=crops, teacher=teacher)

@@ -323,13 +323,8 @@ def recipe(config: TrainConfig) -> dict[str, Any]:
     """The settings as provenance: a weight package by name, version and sha256, a local
     pretrained file by name, sha256 and source, never by a path of the machine that trained."""
     record = asdict(config)
-    if config.teacher is not None:  # by the manifest that says which members and threshold it has
-        teacher = Path(config.teacher) / manifest.MANIFEST_NAME
-        record["teacher"] = (
-            {"folder": teacher.parent.name, **file_record(teacher)}
-            if teacher.is_file()
-            else teacher.parent.name
-        )
+    # each teacher by the manifest that names its members and threshold
+    record["teacher"] = [_folder_record(Path(folder)) for folder in config.teacher]
     if config.pretrained in (None, "hub"):
         return record
     weights = weight_packages.package(config.pretrained)
@@ -341,6 +336,12 @@ def recipe(config: TrainConfig) -> dict[str, Any]:
         {**file_record(path), **models.file_metadata(path)} if path.is_file() else path.name
     )
     return record
+
+
+def _folder_record(folder: Path) -> dict[str, str] | str:
+    """An ensemble folder named without the machine's folders: its name and its manifest's sha256."""
+    path = folder / manifest.MANIFEST_NAME
+    return {"folder": folder.name, **file_record(path)} if path.is_file() else folder.name
 
 
 def file_record(path: Path) -> dict[str, str]:

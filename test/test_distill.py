@@ -36,11 +36,11 @@ def _table(lodo, teacher: Path, cache: Path) -> tuple[distill.TeacherTable, dict
     root, plan_path, samples = lodo
     plan = load_plan(plan_path)
     crops = load_crops(samples)
-    return distill.teacher_table(teacher, plan, sha256_of(plan_path), "beta", crops, cache), crops
+    return distill.teacher_table([teacher], plan, sha256_of(plan_path), "beta", crops, cache), crops
 
 
 def test_teacher_scores_are_the_members_as_served_under_each_view(lodo, teacher, tmp_path):
-    table, crops = _table(lodo, teacher, tmp_path / "teacher.npz")
+    table, crops = _table(lodo, teacher, tmp_path / "scores")
     ensemble = manifest.load(teacher)
     assert table.scores.shape == (2, distill.VIEWS, len(table.ids))
     assert table.held_out == (0, 1) == tuple(ensemble.provenance["held_out_folds"])
@@ -48,12 +48,15 @@ def test_teacher_scores_are_the_members_as_served_under_each_view(lodo, teacher,
     served = predict_crops(member, [crops[i] for i in table.ids], ensemble.input, tta="dihedral")
     np.testing.assert_allclose(table.scores[1].mean(axis=0), served, atol=1e-6)
     assert not np.allclose(table.scores[1, 0], table.scores[1, 5])  # the views differ
-    # cached: the same table comes back without a model, a changed teacher is scored again
-    assert _table(lodo, teacher, tmp_path / "teacher.npz")[0].scores.tobytes() == table.scores.tobytes()
+    cached = sorted((tmp_path / "scores").iterdir())  # one file per member, named by its sha256
+    assert [p.stem for p in cached] == sorted(fold.sha256 for fold in ensemble.folds)
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    assert _table(lodo, teacher, tmp_path / "scores")[0].scores.tobytes() == table.scores.tobytes()
+    assert [p.stat().st_mtime_ns for p in cached] == stamps  # read back, not scored again
 
 
 def test_a_fold_learns_from_the_members_that_held_it_out(lodo, teacher, tmp_path):
-    table, _ = _table(lodo, teacher, tmp_path / "teacher.npz")
+    table, _ = _table(lodo, teacher, tmp_path / "scores")
     plan = load_plan(lodo[1])
     train_ids, _ = plan.split("beta", 0)
     targets = table.targets(train_ids, 0)
@@ -65,7 +68,7 @@ def test_a_fold_learns_from_the_members_that_held_it_out(lodo, teacher, tmp_path
 
 
 def test_out_of_fold_scores_are_each_folds_own_validation_predictions(lodo, teacher, tmp_path):
-    table, _ = _table(lodo, teacher, tmp_path / "teacher.npz")
+    table, _ = _table(lodo, teacher, tmp_path / "scores")
     plan = load_plan(lodo[1])
     fold_of = {i: k for k, ids in enumerate(plan.domains["beta"].folds) for i in ids}
     oof = dict(zip(table.ids, table.out_of_fold(fold_of, [0, 1], [0]), strict=True))
@@ -83,24 +86,22 @@ def test_student_run_trains_on_the_teachers_targets(lodo, teacher, tmp_path, mon
         return train(train_samples, *args, teacher=teacher, **kwargs)
 
     monkeypatch.setattr(runs, "train", spy)
-    config = dataclasses.replace(TINY, teacher=str(teacher), teacher_weight=0.5)
+    config = dataclasses.replace(TINY, teacher=(str(teacher),), teacher_weight=0.5)
     runs.run_plan(lodo[1], tmp_path / "student", config, domain="beta")
-    table = distill._read(tmp_path / "student" / "beta" / runs.TEACHER_TABLE)
+    table, _ = _table(lodo, teacher, tmp_path / "student" / "beta" / runs.TEACHER_SCORES)
     plan = load_plan(lodo[1])
     for k, targets in enumerate(seen):
         assert targets == table.targets(plan.split("beta", k)[0], k)
     student = manifest.load(tmp_path / "student" / "beta")
-    assert student.provenance["training"][0]["teacher"] == {
-        "folder": "teacher",
-        "file": "manifest.json",
-        "sha256": sha256_of(teacher / "manifest.json"),
-    }
+    assert student.provenance["training"][0]["teacher"] == [
+        {"folder": "teacher", "file": "manifest.json", "sha256": sha256_of(teacher / "manifest.json")}
+    ]
 
 
 def test_a_teacher_of_another_plan_is_refused(lodo, teacher, tmp_path):
     other = tmp_path / "other-plan.json"
     other.write_bytes(lodo[1].read_bytes() + b"\n")
-    config = dataclasses.replace(TINY, teacher=str(teacher))
+    config = dataclasses.replace(TINY, teacher=(str(teacher),))
     with pytest.raises(InputError, match="assembled on another plan"):
         runs.run_plan(other, tmp_path / "student", config, domain="beta")
     assert not (tmp_path / "student").exists()

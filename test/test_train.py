@@ -35,7 +35,7 @@ def test_trained_folder_is_an_ensemble_the_container_loads(samples, tmp_path):
     }  # fmt: skip
     spec = manifest.load(tmp_path)
     assert spec.architecture == "test_efficientnet" and spec.input.size == 32
-    assert spec.provenance["config"] == dataclasses.asdict(TINY)
+    assert spec.provenance["config"] == {**dataclasses.asdict(TINY), "teacher": []}
     rows = writing.read_rows(tmp_path / train.VAL_PREDICTIONS)
     assert [r["id"] for r in rows] == [s.id for s in val_samples]
     crops = training_data.load_crops(val_samples)
@@ -134,7 +134,7 @@ def test_teacher_targets_are_mixed_with_the_labels_by_the_teacher_weight(samples
     train_samples, _ = _split(samples)
     crops = training_data.load_crops(train_samples)
     teacher = {s.id: 0.25 for s in train_samples}
-    config = dataclasses.replace(TINY, soft_labels=True, teacher="unused", teacher_weight=0.75)
+    config = dataclasses.replace(TINY, soft_labels=True, teacher=("unused",), teacher_weight=0.75)
     runtime = train.start_runtime()
     spec = train.models.default_input_spec(config.architecture, config.size)
     loader = train._loader(train_samples, crops, spec, config, runtime, teacher)
