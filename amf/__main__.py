@@ -106,6 +106,30 @@ def _export(args: argparse.Namespace) -> None:
         print(f"{args.model / graph.file}: max |ONNX - PyTorch| {graph.max_abs_diff:.2g}")
 
 
+def add_quantize(commands: argparse._SubParsersAction) -> None:
+    parser = _command(
+        commands,
+        "quantize",
+        "add an int8 graph for the CPU, calibrated on training crops (after export-onnx)",
+    )
+    parser.add_argument("--model", type=Path, required=True, help="ensemble folder with an fp32 ONNX graph")
+    parser.add_argument("--table", type=Path, required=True, help="dataset table of training crops")
+    parser.add_argument("--crops", type=_bounded_int(16, 100_000), default=512, help="calibration crops")
+    parser.add_argument("--check", type=_bounded_int(1, 100_000), default=256, help="other crops compared")
+    parser.add_argument("--seed", type=int, default=0, help="which crops are drawn")
+    parser.set_defaults(handler=_quantize)
+
+
+def _quantize(args: argparse.Namespace) -> None:
+    from amf import quantize, training_data
+
+    calibration = training_data.sample_crops(args.table, args.crops, seed=args.seed)
+    check = training_data.sample_crops(args.table, args.check, seed=args.seed, skip=args.crops)
+    ensemble = quantize.quantize(args.model, calibration, check)
+    graph = ensemble.onnx.graphs["int8"]
+    print(f"{args.model / graph.file}: max |int8 - fp32| {graph.max_abs_diff:.3g} on {args.check} crops")
+
+
 def add_dataset(commands: argparse._SubParsersAction) -> None:
     parser = _command(commands, "dataset", "build the unified dataset table and print its Table 1")
     parser.add_argument("--midog25", type=Path, help="MIDOG25 Track 2 label CSV")
@@ -193,9 +217,9 @@ def add_import_tflite(commands: argparse._SubParsersAction) -> None:
 
 
 def _import_tflite(args: argparse.Namespace) -> None:
-    from amf import tflite_import
+    from amf import tflite_import, training_data
 
-    crops = tflite_import.calibration_crops(args.table, args.crops, seed=args.seed) if args.table else None
+    crops = training_data.sample_crops(args.table, args.crops, seed=args.seed) if args.table else None
     metadata = tflite_import.import_tflite(args.source, args.arch, args.out, crops=crops, size=args.size)
     print(f"{args.out}: {metadata['architecture']} from {metadata['source']}; {metadata['calibration']}")
 
@@ -402,6 +426,7 @@ def build_parser(predict_prog: str | None = None) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="<command>")
     add_predict(commands, predict_prog)
     add_export(commands)
+    add_quantize(commands)
     add_dataset(commands)
     add_plan(commands)
     add_import_tflite(commands)

@@ -21,7 +21,8 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "amf-ensemble/1"
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 REDUCTIONS = ("mean_probability",)
-ONNX_VARIANTS = ("fp32", "fp16")  # written by amf.onnx_export, served by amf.onnx_runtime
+# written by amf.onnx_export (fp32, fp16) and amf.quantize (int8), served by amf.onnx_runtime
+ONNX_VARIANTS = ("fp32", "fp16", "int8")
 EXPORTERS = ("auto", "dynamo", "torchscript")  # how amf.onnx_export traces; auto: dynamo, else torchscript
 # Test-time augmentation: the symmetries of the square (amf.preprocess.dihedral) whose
 # predictions are averaged, by the container and by the out-of-fold scores behind the threshold.

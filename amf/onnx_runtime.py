@@ -104,7 +104,7 @@ class OnnxEnsemble:
 
     @classmethod
     def load(cls, manifest: Manifest, model_dir: Path, providers: list[str] | None = None) -> OnnxEnsemble:
-        """Open the manifest's graph for the best provider: fp16 on CUDA, fp32 on the CPU.
+        """Open the manifest's graph for the best provider: fp16 on CUDA, int8 or fp32 on the CPU.
 
         Raises:
             ModelError: the manifest names no graph, or the file is missing, altered or unloadable.
@@ -179,9 +179,10 @@ def _shape_is(shape: list, *tails: list[int]) -> bool:
 
 
 def pick_variant(graphs: Mapping[str, object], *, on_gpu: bool) -> str:
-    """fp16 on the GPU, fp32 on the CPU (ONNX Runtime's CPU kernels are fp32), else what exists.
+    """fp16 on the GPU; on the CPU int8 (amf.quantize) where the manifest has it, else fp32
+    (ONNX Runtime's CPU kernels are fp32); else what exists.
 
-    `amf.manifest` has checked that `graphs` names at least one of the two.
+    `amf.manifest` has checked that `graphs` names at least one variant.
     """
-    order = ("fp16", "fp32") if on_gpu else ("fp32", "fp16")
+    order = ("fp16", "fp32", "int8") if on_gpu else ("int8", "fp32", "fp16")
     return next(variant for variant in order if variant in graphs)

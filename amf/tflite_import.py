@@ -24,10 +24,9 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from amf import dataset, models, writing
+from amf import models, writing
 from amf.errors import ModelError
 from amf.preprocess import prepared_batches
-from amf.training_data import load_crops
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +161,6 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[torch.Tensor
         norm.running_mean.copy_(mean)
         norm.running_var.copy_(var)
     return seen
-
-
-def calibration_crops(table: Path, count: int, *, seed: int = 0) -> list[np.ndarray]:
-    """`count` crops of a dataset table, drawn by `seed` and decoded in table order: what
-    `recalibrate_batchnorm` measures. Every image of the table must exist."""
-    samples = dataset.check_images(dataset.load_table(table), strict=True)
-    chosen = np.random.default_rng(seed).permutation(len(samples))[:count]
-    return list(load_crops([samples[i] for i in sorted(chosen)]).values())
 
 
 def import_tflite(

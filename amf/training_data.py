@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 
-from amf import stacks
+from amf import dataset, stacks
 from amf.augment import augment
 from amf.dataset import Sample
 from amf.manifest import InputSpec
@@ -34,6 +34,15 @@ def load_crops(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
         "decoded %d crops into memory (%.0f MiB)", len(crops), sum(c.nbytes for c in crops.values()) / 2**20
     )
     return crops
+
+
+def sample_crops(table: Path, count: int, *, seed: int = 0, skip: int = 0) -> list[np.ndarray]:
+    """`count` crops of a dataset table, drawn by `seed` (after the first `skip` draws: another
+    call with skip=count gets other crops) and decoded in table order: what a calibration
+    measures (batch norm of an import, int8 ranges). Every image must exist."""
+    samples = dataset.check_images(dataset.load_table(table), strict=True)
+    chosen = np.random.default_rng(seed).permutation(len(samples))[skip : skip + count]
+    return list(load_crops([samples[i] for i in sorted(chosen)]).values())
 
 
 class CropDataset(Dataset):

@@ -226,6 +226,9 @@ def test_manifest_without_graph_is_a_model_error(graph_dir: Path) -> None:
         ({"fp32": 0, "fp16": 0}, True, "fp16"),
         ({"fp32": 0, "fp16": 0}, False, "fp32"),
         ({"fp16": 0}, False, "fp16"),
+        ({"fp32": 0, "fp16": 0, "int8": 0}, False, "int8"),
+        ({"fp32": 0, "fp16": 0, "int8": 0}, True, "fp16"),
+        ({"int8": 0}, True, "int8"),
     ],
 )
 def test_variant_follows_the_device(graphs: dict, on_gpu: bool, expected: str) -> None:
