@@ -71,6 +71,10 @@ class OnnxGraph:
     tolerance: float | None = None
     checked_on: str | None = None
     exporter: str | None = None
+    data_files: tuple[str, ...] = ()  # fold files the graph reads its weights from (ONNX external data)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_files", tuple(self.data_files))  # a list when read from JSON
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ class OnnxExport:
     versions: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        graphs = {variant: asdict(graph) for variant, graph in self.graphs.items()}
+        graphs = {variant: _graph_dict(graph) for variant, graph in self.graphs.items()}
         made = {"opset": self.opset, "parity_crops": self.parity_crops}
         return {**graphs, **{k: v for k, v in made.items() if v is not None}, **self.versions}
 
@@ -97,6 +101,16 @@ class OnnxExport:
         graphs = {variant: OnnxGraph(**data[variant]) for variant in ONNX_VARIANTS if variant in data}
         versions = {k: str(v) for k, v in data.items() if k not in (*ONNX_VARIANTS, "opset", "parity_crops")}
         return cls(graphs, data.get("opset"), data.get("parity_crops"), versions)
+
+
+def _graph_dict(graph: OnnxGraph) -> dict[str, Any]:
+    """A graph's entry; `data_files` only where it has some (older manifests re-save unchanged)."""
+    data = asdict(graph)
+    if not graph.data_files:
+        del data["data_files"]
+    else:
+        data["data_files"] = list(graph.data_files)
+    return data
 
 
 @dataclass(frozen=True)
@@ -314,6 +328,9 @@ def _onnx_problems(onnx: Any) -> list[str]:
         return [f"onnx names no graph; expected at least one of {ONNX_VARIANTS}"]
     if not all(isinstance(graph, dict) and _is_relative_file(graph.get("file")) for graph in graphs):
         return [_ONNX_FILE]
+    data_files = [graph.get("data_files", []) for graph in graphs]
+    if not all(isinstance(files, list) and all(map(_is_relative_file, files)) for files in data_files):
+        return ["onnx.<variant>.data_files must be a list of relative paths"]
     return []
 
 

@@ -26,8 +26,11 @@ export fails with nothing written and the manifest untouched.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import re
+import shutil
 import tempfile
 import warnings
 from importlib import metadata
@@ -116,14 +119,16 @@ def export(
     ensemble = Ensemble.load(spec, model_dir, device=torch.device("cpu"))
     reference = ensemble.predict(batch)  # before the members change dtype below
     entries = {}
+    files = [fold.file for fold in spec.folds]
     with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=model_dir) as tmp:
+        _link_files(model_dir, Path(tmp), files)  # the graphs read their weights from these
         for variant, dtype in DTYPES.items():
             path = Path(tmp) / FILES[variant]
             networks = [spec.architecture_of(fold) for fold in spec.folds]
             graph, used = _export_graph(ensemble.members, networks, dtype, batch, exporter, opset)
-            _save(graph, path)
+            data_files = _save(graph, path, model_dir, files)
             entries[variant] = dataclasses.replace(
-                _check_parity(path, variant, batch, reference), exporter=used
+                _check_parity(path, variant, batch, reference), exporter=used, data_files=data_files
             )
         for variant in entries:
             os.replace(Path(tmp) / FILES[variant], model_dir / FILES[variant])
@@ -250,13 +255,74 @@ def _with_weights(traced: onnx.ModelProto, fold: _Member) -> onnx.ModelProto:
     return model
 
 
-def _save(graph: onnx.ModelProto, path: Path) -> None:
+def _save(graph: onnx.ModelProto, path: Path, model_dir: Path, files: list[str]) -> list[str]:
     """Save `graph` without the exporter's per-node notes (source paths and stack traces), every
-    fp32 constant that fp16 holds exactly stored as fp16 behind a Cast."""
+    fp32 constant that fp16 holds exactly stored as fp16 behind a Cast, and every weight that a
+    fold file holds byte for byte read from that file. Returns the fold files it reads."""
     for node in graph.graph.node:
         del node.metadata_props[:]
-    onnx.save(_exact_fp16_storage(graph), str(path))
+    graph = _exact_fp16_storage(graph)
+    data_files = _link_fold_weights(graph, model_dir, files)
+    onnx.save(graph, str(path))
     path.chmod(0o644)  # readable by the container's non-root user
+    return data_files
+
+
+_FOLD_TENSOR = re.compile(r"^fold(\d+)/(?:model\.)?(.+?)(?:/fp16)?$")  # fold k's parameter, as traced
+_SAFETENSORS_TYPES = {"F16": onnx.TensorProto.FLOAT16, "F32": onnx.TensorProto.FLOAT}
+
+
+def _link_fold_weights(graph: onnx.ModelProto, model_dir: Path, files: list[str]) -> list[str]:
+    """Point each initializer that is byte for byte a tensor of its fold's safetensors file at that
+    tensor (ONNX external data: file, offset, length), so that the graph holds the network and
+    not a second copy of the weights. Others (the zero biases added for export, constants) stay.
+
+    The fold weights are fp16, and so are the fp16 graph's weights and the fp32 graph's stored
+    ones (`_exact_fp16_storage`): every weight links. Returns the files linked to."""
+    folds = [_safetensors_index(Path(model_dir) / file) for file in files]
+    linked = set()
+    for initializer in graph.graph.initializer:
+        match = _FOLD_TENSOR.match(initializer.name)
+        if match is None or int(match.group(1)) >= len(files):
+            continue
+        k = int(match.group(1))
+        data, index = folds[k]
+        entry = index.get(match.group(2))
+        if entry is None or (_SAFETENSORS_TYPES.get(entry["dtype"]), list(entry["shape"])) != (
+            initializer.data_type,
+            list(initializer.dims),
+        ):
+            continue
+        start, end = entry["data_offsets"]
+        if numpy_helper.to_array(initializer).tobytes() != data[start:end]:
+            continue
+        initializer.ClearField("raw_data")
+        initializer.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", files[k]), ("offset", str(start)), ("length", str(end - start))):
+            initializer.external_data.add(key=key, value=value)
+        linked.add(files[k])
+    return sorted(linked)
+
+
+def _safetensors_index(path: Path) -> tuple[bytes, dict[str, dict]]:
+    """A safetensors file's bytes and its tensors' dtype, shape and absolute byte range."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header.pop("__metadata__", None)
+    for entry in header.values():
+        entry["data_offsets"] = [8 + size + offset for offset in entry["data_offsets"]]
+    return data, header
+
+
+def _link_files(source: Path, target: Path, files: list[str]) -> None:
+    """Hard links (else copies) of `files` from `source` in `target`, keeping their sub-folders."""
+    for file in files:
+        (target / file).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source / file, target / file)
+        except OSError:
+            shutil.copyfile(source / file, target / file)
 
 
 def _exact_fp16_storage(graph: onnx.ModelProto) -> onnx.ModelProto:

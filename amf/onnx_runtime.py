@@ -120,6 +120,7 @@ class OnnxEnsemble:
         if not path.is_file():
             raise ModelError(f"{path}: ONNX graph ({variant}) named in the manifest is missing")
         check_sha256(path, graph.sha256)
+        _check_data_files(manifest, model_dir, graph.data_files)
         session = open_session(path, providers)
         check_signature(session, path, manifest.input.size)
         used = session.get_providers()[0]
@@ -152,6 +153,17 @@ class OnnxEnsemble:
         if not np.all(np.isfinite(output)) or output.min() < 0 or output.max() > 1:
             raise ModelError(f"{self.name}: graph output is not a probability (non-finite or outside [0, 1])")
         return output.astype(np.float64).reshape(len(batch))
+
+
+def _check_data_files(manifest: Manifest, model_dir: Path, data_files: tuple[str, ...]) -> None:
+    """The fold files a graph reads its weights from are the manifest's folds, unaltered."""
+    hashes = {fold.file: fold.sha256 for fold in manifest.folds}
+    for file in data_files:
+        if file not in hashes:
+            raise ModelError(
+                f"{Path(model_dir) / file}: the ONNX graph reads weights from a file that is no fold"
+            )
+        check_sha256(Path(model_dir) / file, hashes[file])
 
 
 def check_signature(session: ort.InferenceSession, path: Path, size: int) -> None:

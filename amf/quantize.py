@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
 from onnx import numpy_helper
 
 from amf import manifest, onnx_runtime, writing
@@ -56,7 +57,9 @@ def quantize(model_dir: Path, calibration: list[np.ndarray], check: list[np.ndar
     manifest.check_sha256(model_dir / fp32.file, fp32.sha256)
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=model_dir) as tmp:
         plain, prepared, out = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx", Path(tmp) / FILE
-        onnx.save(_plain_fp32(onnx.load(str(model_dir / fp32.file))), str(plain))
+        graph = onnx.load(str(model_dir / fp32.file))  # weights read from the fold files
+        onnx.external_data_helper.convert_model_from_external_data(graph)  # the int8 graph holds its own
+        onnx.save(_plain_fp32(graph), str(plain))
         quant_pre_process(str(plain), str(prepared), skip_symbolic_shape=True)  # it fails on dynamo Constants
         quantize_static(
             str(prepared),

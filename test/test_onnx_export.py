@@ -101,6 +101,36 @@ def test_graph_is_one_trace_per_fold_with_weights_stored_as_fp16(exported: Path)
         assert str(ROOT).encode() not in (exported / onnx_export.FILES[variant]).read_bytes()
 
 
+def test_graphs_read_their_weights_from_the_fold_files(exported: Path) -> None:
+    """One copy of the weights: every weight of both graphs is ONNX external data pointing into
+    its fold's safetensors file (same bytes), so each graph file is smaller than one fold."""
+    spec = manifest.load(exported)
+    folds = [fold.file for fold in spec.folds]
+    for variant in ("fp32", "fp16"):
+        graph = spec.onnx.graphs[variant]
+        assert graph.data_files == tuple(sorted(folds))
+        proto = onnx.load(str(exported / graph.file), load_external_data=False)
+        convolutions = {node.input[1] for node in proto.graph.node if node.op_type == "Conv"}
+        casts = {node.output[0]: node.input[0] for node in proto.graph.node if node.op_type == "Cast"}
+        for initializer in proto.graph.initializer:
+            if initializer.name in {casts.get(c, c) for c in convolutions}:
+                assert initializer.data_location == onnx.TensorProto.EXTERNAL, initializer.name
+                location = {entry.key: entry.value for entry in initializer.external_data}["location"]
+                assert location in folds
+        size = (exported / graph.file).stat().st_size
+        assert size < min((exported / fold).stat().st_size for fold in folds), variant
+
+
+def test_a_fold_file_changed_under_the_graph_is_refused(exported: Path, tmp_path: Path) -> None:
+    model_dir = Path(shutil.copytree(exported, tmp_path / "ensemble"))
+    fold = model_dir / manifest.load(model_dir).folds[1].file
+    data = bytearray(fold.read_bytes())
+    data[-2:] = b"\x00\x3c"  # one weight becomes 1.0: the graph would read it
+    fold.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=f"{fold.name}: sha256 differs from the manifest's"):
+        onnx_runtime.OnnxEnsemble.load(manifest.load(model_dir), model_dir, [onnx_runtime.CPU])
+
+
 def test_only_constants_fp16_holds_exactly_are_stored_as_fp16() -> None:
     exact, inexact = np.array([0.5, -2.0, 1024.0], np.float32), np.array([0.1, 1e-8, 7e5], np.float32)
     graph = onnx.helper.make_graph(
