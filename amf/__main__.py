@@ -11,7 +11,7 @@ from pathlib import Path
 from amf.config import TrainConfig
 from amf.dataset import AMIBR_SPLITS, DOMAIN_COLUMNS
 from amf.errors import AmfError
-from amf.manifest import EXPORTERS, TTA_VIEWS
+from amf.manifest import EXPORTERS, INTERPOLATIONS, TTA_VIEWS
 from amf.predict import BACKENDS, BATCH_SIZE
 
 log = logging.getLogger("amf")
@@ -328,6 +328,11 @@ def add_assemble(commands: argparse._SubParsersAction) -> None:
         help="a run folder holding the refit of --run's recipe (`train --refit`): --out then serves it, "
         "with the threshold of --run's folds",
     )
+    parser.add_argument(
+        "--interpolation",
+        choices=INTERPOLATIONS,
+        help="how every fold resizes crops of another size (for runs whose networks differ in this)",
+    )
     parser.set_defaults(handler=_assemble)
 
 
@@ -335,7 +340,13 @@ def _assemble(args: argparse.Namespace) -> None:
     from amf import runs
 
     ensemble = runs.assemble(
-        args.run, args.domain, args.out, method=args.threshold, tta=args.tta, refit=args.refit
+        args.run,
+        args.domain,
+        args.out,
+        method=args.threshold,
+        tta=args.tta,
+        refit=args.refit,
+        interpolation=args.interpolation,
     )
     oof = ensemble.provenance["out_of_fold"]
     print(

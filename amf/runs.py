@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -203,6 +203,7 @@ def assemble(
     method: str = "youden",
     tta: str = "none",
     refit: Path | None = None,
+    interpolation: str | None = None,
 ) -> Manifest:
     """Make one domain's fold models an ensemble, its threshold chosen on out-of-fold predictions.
 
@@ -220,6 +221,9 @@ def assemble(
         refit: a run folder holding the same recipe's refit on every crop (`amf train --refit`):
             `target` then serves that one model, with the threshold and out-of-fold figures of
             the folds of `runs` (one run), which estimate it.
+        interpolation: how every fold resizes crops of another size than its input, for runs
+            whose networks resize differently (TF-slim MobileNets bilinear, EfficientNet-Lite
+            bicubic); crops of the input size are used as they are.
 
     Raises:
         ModelError: unfinished folds, or folds that disagree on the input they expect.
@@ -229,7 +233,7 @@ def assemble(
     runs = [Path(runs)] if isinstance(runs, str | Path) else [Path(run) for run in runs]
     if (len(runs) > 1 or refit is not None) and target is None:
         raise InputError("an ensemble of several runs, or a refit, needs a target folder (--out)")
-    combined = _combine(runs, domain, method, tta)
+    combined = _combine(runs, domain, method, tta, interpolation)
     if len(runs) == 1:  # the run folder always holds its latest assembly; the manifest last
         ensemble = _run_manifest(runs[0], combined)
         writing.write_rows(ensemble_dir(runs[0], combined.domain) / OOF_PREDICTIONS, combined.oof)
@@ -327,7 +331,9 @@ class _Combined:
         return [(d / m.folds[0].file, m.architecture) for d, m in zip(self.dirs, self.members, strict=True)]
 
 
-def _combine(runs: list[Path], domain: str, method: str, tta: str) -> _Combined:
+def _combine(
+    runs: list[Path], domain: str, method: str, tta: str, interpolation: str | None = None
+) -> _Combined:
     records = [read_run(run) for run in runs]
     if len({record.plan for record in records}) > 1:
         raise InputError(
@@ -342,9 +348,16 @@ def _combine(runs: list[Path], domain: str, method: str, tta: str) -> _Combined:
     members = [manifest.load(d) for d in dirs]
     for d, member in zip(dirs, members, strict=True):  # a file changed since training is refused
         manifest.check_sha256(d / member.folds[0].file, member.folds[0].sha256)
+    if interpolation is not None:  # resizing only: crops of the input size are not resized at all
+        members = [replace(m, input=replace(m.input, interpolation=interpolation)) for m in members]
     if len({member.input for member in members}) > 1:
+        hint = (
+            "; they differ only in how crops of another size are resized: choose one with --interpolation"
+            if len({replace(m.input, interpolation="") for m in members}) == 1
+            else ""
+        )
         raise ModelError(
-            f"cannot assemble {domain!r}: the folds expect different inputs {_inputs(dirs, members)}"
+            f"cannot assemble {domain!r}: the folds expect different inputs {_inputs(dirs, members)}{hint}"
         )
     n = plan.n_folds
     oof = _mean_rows(

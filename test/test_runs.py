@@ -139,6 +139,19 @@ def test_runs_of_two_architectures_make_one_mixed_ensemble(lodo, tmp_path):
     assert not (tmp_path / "refused").exists()
 
 
+def test_runs_that_resize_differently_mix_once_one_interpolation_is_chosen(lodo, tmp_path):
+    root, plan_path, _ = lodo
+    other = Path(shutil.copytree(root / "run", tmp_path / "bilinear"))
+    for k in (0, 1):  # as if trained with a network whose config resizes bilinearly
+        fold = manifest.load(other / "beta" / f"fold{k}")
+        bilinear = dataclasses.replace(fold.input, interpolation="bilinear")
+        manifest.save(dataclasses.replace(fold, input=bilinear), other / "beta" / f"fold{k}")
+    with pytest.raises(ModelError, match="differ only in how crops of another size are resized: choose one"):
+        runs.assemble([root / "run", other], "beta", tmp_path / "refused")
+    mixed = runs.assemble([root / "run", other], "beta", tmp_path / "mixed", interpolation="bilinear")
+    assert mixed.input.interpolation == "bilinear" and len(mixed.folds) == 4
+
+
 def test_selection_and_settings_errors(lodo):
     root, plan_path, _ = lodo
     the_plan = plan.load_plan(plan_path)
