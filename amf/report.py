@@ -128,42 +128,42 @@ def _counts_table(counts: dict[str, int]) -> str:
 
 def histogram_svg(scores: np.ndarray, threshold: float, classes: Sequence[str]) -> str:
     """Crops per P(atypical) bin, each bar split by class, the threshold a dashed line."""
-    width, height, left, bottom = 600, 150, 40, 20
-    plot_w, plot_h = width - left - 10, height - bottom - 10
+    width, height, left, top = 600, 175, 40, 10
+    plot_w, base = width - left - 15, height - 35  # x extent of [0, 1]; y of the zero line
     per_class = {
         name: np.histogram(scores[np.asarray(classes) == name], bins=BINS, range=(0.0, 1.0))[0]
         for name in CLASSES
     }
-    peak = max(int(sum(per_class.values()).max()), 1) if len(scores) else 1
-    bar_w = plot_w / BINS
-    shapes = []
+    peak = max(int(sum(per_class.values()).max()), 1)
+    bar_w, unit = plot_w / BINS, (base - top) / peak
+    parts = [
+        f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" stroke="#888"/>',
+        f'<text x="{left - 4}" y="{top + 6}" text-anchor="end">{peak}</text>',
+        f'<text x="{left - 4}" y="{base}" text-anchor="end">0</text>',
+    ]
     for b in range(BINS):
-        y = 10 + plot_h
         tip = f"{b / BINS:.2f}-{(b + 1) / BINS:.2f}: " + ", ".join(f"{per_class[n][b]} {n}" for n in CLASSES)
+        y = float(base)
         for name in reversed(CLASSES):  # normal at the bottom, atypical stacked on it
-            h = plot_h * per_class[name][b] / peak
-            y -= h
-            shapes.append(
-                f'<rect class="{name}" x="{left + b * bar_w + 1:.1f}" y="{y:.1f}" '
-                f'width="{bar_w - 2:.1f}" height="{h:.1f}"><title>{tip}</title></rect>'
+            y -= per_class[name][b] * unit
+            parts.append(
+                f'<rect class="{name}" x="{left + b * bar_w + 1:.1f}" y="{y:.1f}" width="{bar_w - 2:.1f}" '
+                f'height="{per_class[name][b] * unit:.1f}"><title>{tip}</title></rect>'
             )
-    x_threshold = left + plot_w * threshold
-    ticks = "".join(
-        f'<text x="{left + plot_w * t:.1f}" y="{height - 4}" text-anchor="middle">{t:g}</text>'
+    parts += [
+        f'<text x="{left + plot_w * t:.1f}" y="{base + 14}" text-anchor="middle">{t:g}</text>'
         for t in (0, 0.25, 0.5, 0.75, 1)
-    )
+    ]
+    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{base + 30}" text-anchor="middle">P(atypical)</text>')
+    x = left + plot_w * threshold
+    side = f'x="{x - 3:.1f}" text-anchor="end"' if threshold > 0.75 else f'x="{x + 3:.1f}"'
+    parts += [
+        f'<line class="threshold-line" x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{base}"/>',
+        f'<text class="threshold-label" {side} y="{top + 4}">threshold {threshold:.2f}</text>',
+    ]
     return (
         f'<svg class="histogram" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        'role="img" aria-label="histogram of P(atypical)">'
-        f'<line x1="{left}" y1="{10 + plot_h}" x2="{left + plot_w}" y2="{10 + plot_h}" stroke="#888"/>'
-        f'<text x="{left - 4}" y="16" text-anchor="end">{peak}</text>'
-        f'<text x="{left - 4}" y="{10 + plot_h}" text-anchor="end">0</text>'
-        f"{''.join(shapes)}{ticks}"
-        f'<line class="threshold-line" x1="{x_threshold:.1f}" y1="4" x2="{x_threshold:.1f}" '
-        f'y2="{10 + plot_h}"/>'
-        f'<text class="threshold-label" x="{x_threshold + 3:.1f}" y="14">threshold {threshold:.2f}</text>'
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle" dy="0">P(atypical)</text>'
-        "</svg>"
+        f'role="img" aria-label="histogram of P(atypical)">{"".join(parts)}</svg>'
     )
 
 
@@ -181,11 +181,11 @@ svg rect.atypical { fill: #d6604d; }
 svg rect.normal { fill: #4393c3; }
 svg .threshold-line { stroke: #000; stroke-width: 1.5; stroke-dasharray: 4 3; }
 .crops { display: flex; flex-wrap: wrap; gap: 6px; }
-.crop { margin: 0; width: 106px; height: 146px; padding: 3px; box-sizing: border-box; border: 2px solid;
-  border-radius: 4px; overflow: hidden; content-visibility: auto; contain-intrinsic-size: 106px 146px; }
+.crop { margin: 0; width: 114px; height: 146px; padding: 3px; box-sizing: border-box; border: 2px solid;
+  border-radius: 4px; overflow: hidden; content-visibility: auto; contain-intrinsic-size: 114px 146px; }
 .crop.atypical { border-color: #d6604d; }
 .crop.normal { border-color: #92c5de; }
-.crop img { display: block; width: 96px; height: 96px; object-fit: contain; }
+.crop img { display: block; width: 96px; height: 96px; margin: 0 auto 2px; object-fit: contain; }
 .crop figcaption { font-size: 11px; line-height: 1.25; }
 .crop figcaption span { display: -webkit-box; -webkit-box-orient: vertical; -webkit-line-clamp: 2;
   overflow: hidden; word-break: break-all; font-size: 10px; color: #555; }
@@ -197,11 +197,11 @@ _PAGE = """<!doctype html>
 <head>
 <meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{csp}">
-<title>amf: {title}</title>
+<title>amf report: {title}</title>
 <style>{style}</style>
 </head>
 <body>
-<h1>amf: {title}</h1>
+<h1>{title}</h1>
 <p>Input <code>{source}</code>. Sorted by P(atypical), highest first; a crop is atypical when its
 P(atypical) is at least the threshold, {threshold}.</p>
 <div class="summary">
