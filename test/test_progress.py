@@ -8,12 +8,20 @@ import logging
 import os
 import pty
 import struct
+import subprocess
+import sys
 import termios
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import FIXTURE_ENSEMBLE, ROOT
+from make_fixtures import synthetic_crops
+from PIL import Image
 
-from amf import progress
+from amf import progress, writing
 
 
 def ticking(step: float) -> Iterator[float]:
@@ -76,6 +84,27 @@ def test_on_a_terminal_a_bar_with_rate_and_time_left(caplog: pytest.LogCaptureFi
     assert caplog.messages == []  # the bar instead of log lines, not as well
     if columns:
         assert max(len(line) for line in shown.split("\r")) <= columns
+
+
+def test_inference_on_a_terminal_shows_the_bar(tmp_path: Path) -> None:
+    """`python inference.py` on a folder, its stderr a terminal: the bar, and the run's result."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, crop in enumerate(synthetic_crops(5, np.random.default_rng(4))):
+        Image.fromarray(crop).save(folder / f"{i}.png")
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    command = [sys.executable, "inference.py", "--input", str(folder), "--output", str(tmp_path / "out")]
+    command += ["--model", str(FIXTURE_ENSEMBLE), "--batch-size", "2"]
+    with ThreadPoolExecutor(1) as pool:  # read while it runs: a full terminal would block it
+        shown = pool.submit(read_all, leader)
+        result = subprocess.run(command, cwd=ROOT, stderr=follower, stdout=subprocess.DEVNULL, timeout=300)
+        os.close(follower)
+        text = shown.result(timeout=60)
+    assert result.returncode == 0, text
+    assert "classifying: 100%" in text and "5/5" in text and "crop/s" in text
+    assert "amf.progress" not in text  # a bar, not log lines
+    assert (tmp_path / "out" / writing.REPORT_NAME).is_file()
 
 
 @pytest.mark.parametrize(
