@@ -40,7 +40,7 @@ def tracked(
 
 
 def _with_bar(batches: Iterable[Batch], total: int, stream: TextIO) -> Iterator[Batch]:
-    # Imported here: 60 ms of imports that a run without a terminal (grand-challenge's) never pays.
+    # Imported here: a run without a terminal (grand-challenge's) never pays for the import.
     from tqdm import tqdm
 
     # Its width is the terminal's when the bar starts (tqdm's dynamic width draws nothing at all

@@ -7,7 +7,8 @@ two classes; above them the counts per class and a histogram of the scores (inli
 off screen are neither laid out nor painted (`content-visibility`), so thousands of crops scroll.
 
 The thumbnails come from the pages the classifier decodes (`Thumbnails.tap`): the input is never
-read twice, and only a few kilobytes per crop are kept.
+read twice, and only a few kilobytes per crop are kept. The HTML is made piece by piece as it is
+written (`render`), never whole in memory.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from PIL import Image
 from amf.writing import printable
 
 THUMBNAIL_PX = 96  # longest side; crops are 128 px, so the figure stays recognisable
-JPEG_QUALITY = 80  # about 2.3 KB a thumbnail on AMi-Br crops
+JPEG_QUALITY = 80  # 2.6 KB a thumbnail on AMi-Br crops: report.html is 3.7 MB per 1,000 crops
 BINS = 20  # of the histogram, over [0, 1]
 CLASSES = ("atypical", "normal")
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
