@@ -10,6 +10,8 @@ Serving (numpy + Pillow + onnxruntime; torch only for the PyTorch back end)
     onnx_runtime  the ensemble as one ONNX graph (the default back end)
     ensemble      the ensemble in PyTorch (built by models)
     predict       one run: input -> preprocess -> ensemble -> output; scoring decoded crops
+    progress      a long run's progress: a bar on a terminal, else a log line every 10 s
+    report        report.html: a folder run's crops as thumbnails, sorted by P(atypical)
     writing       every file written (all or nothing), CSV rows, sha256
     errors        errors that end a run with one line
 

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from amf import manifest, stacks, writing
+from amf import manifest, progress, report, stacks, writing
 from amf.errors import AmfError, InputError, ModelError
 from amf.manifest import TTA_VIEWS, InputSpec, Manifest
 from amf.preprocess import prepared_batches, views
@@ -131,10 +131,12 @@ def _run(input_path: Path, output_dir: Path, model_dir: Path, batch_size: int, b
     )
     # The heavy imports come only after the input checks.
     ensemble = load_predictor(ensemble_manifest, model_dir, backend)
-    scores = [
-        predict_views(ensemble, batch, ensemble_manifest.tta)
-        for batch in prefetch(prepared_batches(_pages(job), ensemble_manifest.input, batch_size))
-    ]
+    # A folder run's report.html shows a thumbnail of each page, kept as the page is decoded.
+    thumbnails = None if job.grand_challenge else report.Thumbnails()
+    pages = _pages(job) if thumbnails is None else thumbnails.tap(_pages(job))
+    prepared = prefetch(prepared_batches(pages, ensemble_manifest.input, batch_size))
+    batches = progress.tracked(prepared, total=len(names))
+    scores = [predict_views(ensemble, batch, ensemble_manifest.tta) for batch in batches]
     probabilities = np.concatenate(scores)
     if len(probabilities) != len(names):
         raise InputError(
@@ -142,8 +144,12 @@ def _run(input_path: Path, output_dir: Path, model_dir: Path, batch_size: int, b
         )
     if not np.all(np.isfinite(probabilities)):
         raise ModelError(f"{model_dir}: ensemble produced non-finite P(atypical); weights are broken")
-    records = writing.predictions(probabilities, ensemble_manifest.threshold.value)
-    writing.write_predictions(output_dir, records, None if job.grand_challenge else names)
+    threshold = ensemble_manifest.threshold.value
+    records = writing.predictions(probabilities, threshold)
+    html = None
+    if thumbnails is not None:
+        html = report.render(names, records, thumbnails.images, threshold=threshold, source=str(input_path))
+    writing.write_predictions(output_dir, records, None if job.grand_challenge else names, html)
     log.info("%d crops from %s -> %s", len(records), input_path, output_dir)
     return len(records)
 

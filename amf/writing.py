@@ -1,8 +1,9 @@
 """Writing files so that a reader never sees half of one, and a failed run leaves nothing behind.
 
-The container's outputs (the MIDOG JSON, and `predictions.csv` for a user's folder) are written
-all or nothing: every file goes to a temporary name beside its target first, and only when all
-of them are complete are they renamed into place. Training and evaluation use the same writers.
+The container's outputs (the MIDOG JSON, and `predictions.csv` and `report.html` for a user's
+folder) are written all or nothing: every file goes to a temporary name beside its target first,
+and only when all of them are complete are they renamed into place. Training and evaluation use
+the same writers.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from amf.errors import OutputError
 
 OUTPUT_NAME = "multiple-mitotic-figure-classification.json"
 CSV_NAME = "predictions.csv"
-OUTPUT_NAMES = (OUTPUT_NAME, CSV_NAME)
+REPORT_NAME = "report.html"
+OUTPUT_NAMES = (OUTPUT_NAME, CSV_NAME, REPORT_NAME)
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet would execute
 
 
@@ -50,20 +52,34 @@ def predictions_csv(names: list[str], records: list[dict[str, Any]]) -> str:
 
 def safe_cell(name: str) -> str:
     """A file name as CSV text: undecodable bytes escaped, a leading formula character quoted."""
-    name = os.fsencode(name).decode("utf-8", "backslashreplace")
+    name = printable(name)
     return "'" + name if name.startswith(_FORMULA_STARTS) else name
 
 
-def write_predictions(output_dir: Path, records: list[dict[str, Any]], names: list[str] | None) -> None:
-    """The MIDOG JSON, plus predictions.csv when `names` is given, all or nothing."""
-    files = {OUTPUT_NAME: json_text(records)}
+def printable(name: str) -> str:
+    """A file name as valid text: bytes that are not UTF-8 (surrogate escapes) written as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def write_predictions(
+    output_dir: Path,
+    records: list[dict[str, Any]],
+    names: list[str] | None,
+    report_html: Iterable[str] | None = None,
+) -> None:
+    """The MIDOG JSON, plus predictions.csv when `names` is given and report.html when
+    `report_html` is (its text, piece by piece), all or nothing."""
+    files: dict[str, str | Iterable[str]] = {OUTPUT_NAME: json_text(records)}
     if names is not None:
         files[CSV_NAME] = predictions_csv(names, records)
+    if report_html is not None:
+        files[REPORT_NAME] = report_html
     write_outputs(output_dir, files)
 
 
-def write_outputs(output_dir: Path, files: Mapping[str, str]) -> None:
+def write_outputs(output_dir: Path, files: Mapping[str, str | Iterable[str]]) -> None:
     """Write {name: text} into `output_dir` all or nothing, and remove our outputs not in `files`.
+    A text may come in pieces (an iterable of str), so that a large one is never held whole.
 
     Raises OutputError naming the path when the folder cannot be made or written.
     """
@@ -129,8 +145,12 @@ def _staged(path: Path, save: Callable[[Path], object]) -> Path:
     return tmp
 
 
-def _text(text: str) -> Callable[[Path], object]:
-    return lambda tmp: tmp.write_text(text, encoding="utf-8")
+def _text(text: str | Iterable[str]) -> Callable[[Path], object]:
+    def save(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.writelines([text] if isinstance(text, str) else text)
+
+    return save
 
 
 @contextmanager

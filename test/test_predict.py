@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
+import io
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -49,7 +53,8 @@ def test_sample_input_matches_expected_output(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         [r["confidence"] for r in records], [e["confidence"] for e in expected], atol=TOLERANCE
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == [writing.OUTPUT_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [writing.OUTPUT_NAME]  # no CSV, no report
+    assert "INFO amf.progress: classifying 6 crops" in result.stderr  # the log's progress lines
 
 
 @pytest.mark.slow
@@ -82,6 +87,24 @@ def test_folder_of_mixed_crops_writes_csv(tmp_path: Path) -> None:
     assert [float(row["p_atypical"]) for row in rows] == [r["confidence"] for r in records]
     # the same pixels give the same answer whichever file and batch they came in
     assert records[0]["confidence"] == pytest.approx(records[2]["confidence"], abs=1e-6)
+    thumbnails = report_thumbnails(tmp_path / "out" / writing.REPORT_NAME)
+    assert sorted(thumbnails) == sorted(names)
+    # each card shows its own page: the gray crop gray, each other crop nearer itself than another
+    gray = np.asarray(thumbnails["b_gray.png"], dtype=int)
+    assert np.abs(gray - gray[..., :1]).max() <= 6
+
+    def distance(name: str, crop: np.ndarray) -> float:
+        small = Image.fromarray(crop).resize((96, 96), Image.Resampling.BILINEAR)
+        return float(np.abs(np.asarray(thumbnails[name], dtype=int) - np.asarray(small, dtype=int)).mean())
+
+    assert distance("a.png", crops[0]) < distance("a.png", crops[2])
+    assert distance("sub/c_rgba.png", crops[2]) < distance("sub/c_rgba.png", crops[0])
+
+
+def report_thumbnails(path: Path) -> dict[str, Image.Image]:
+    """report.html's thumbnails by the name on their card."""
+    found = re.findall(r'<img src="data:image/jpeg;base64,([^"]+)" alt="([^"]+)">', path.read_text())
+    return {html.unescape(name): Image.open(io.BytesIO(base64.b64decode(data))) for data, name in found}
 
 
 def test_single_stack_file_with_many_pages(tmp_path: Path) -> None:

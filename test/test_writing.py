@@ -46,9 +46,10 @@ def test_undecodable_file_names_are_escaped() -> None:
     assert writing.safe_cell(name) == "crop\\xff.png"
 
 
-def test_a_grand_challenge_run_removes_an_older_csv(tmp_path: Path) -> None:
+def test_a_grand_challenge_run_removes_an_older_csv_and_report(tmp_path: Path) -> None:
     records = writing.predictions(np.array([0.1]), 0.5)
-    writing.write_predictions(tmp_path, records, ["a.png"])
+    writing.write_predictions(tmp_path, records, ["a.png"], iter(["<p>", "a.png</p>"]))
+    assert (tmp_path / writing.REPORT_NAME).read_text() == "<p>a.png</p>"
     (tmp_path / f".{writing.OUTPUT_NAME}.abc.tmp").write_text("left by a killed run")
     (tmp_path / "notes.txt").write_text("the user's")
     writing.write_predictions(tmp_path, records, None)
@@ -67,6 +68,19 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(writing.os, "fsync", full_disk)
     with pytest.raises(OutputError, match=rf"{writing.CSV_NAME}: cannot write \(No space left on device\)"):
         writing.write_predictions(tmp_path, records, ["a.png"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_failing_halfway_leaves_nothing(tmp_path: Path) -> None:
+    """The report is written piece by piece, last: the JSON and CSV, complete by then, go too."""
+    records = writing.predictions(np.array([0.1]), 0.5)
+
+    def pieces():
+        yield "<p>first card</p>"
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OutputError, match=rf"{writing.REPORT_NAME}: cannot write \(No space left"):
+        writing.write_predictions(tmp_path, records, ["a.png"], pieces())
     assert list(tmp_path.iterdir()) == []
 
 
