@@ -10,6 +10,7 @@ Serving (numpy + Pillow + onnxruntime; torch only for the PyTorch back end)
     onnx_runtime  the ensemble as one ONNX graph (the default back end)
     ensemble      the ensemble in PyTorch (built by models)
     predict       one run: input -> preprocess -> ensemble -> output; scoring decoded crops
+    server        grand-challenge's invoke mode: the ensemble loaded once, a job per POST /invoke
     writing       every file written (all or nothing), CSV rows, sha256
     errors        errors that end a run with one line
 
