@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -44,6 +45,12 @@ class InvokeServer(HTTPServer):
         self.output_dir = output_dir
         self.batch_size = batch_size
         self.ensemble: predict.LoadedEnsemble | None = None
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        """A client that hung up before its answer (a health call that timed out while the ensemble
+        loaded): one log line instead of socketserver's traceback on stderr."""
+        error = sys.exc_info()[1]
+        log.warning("answering %s failed: %s: %s", client_address[0], type(error).__name__, error)
 
     def invoke(self) -> tuple[HTTPStatus, dict[str, object]]:
         """One job on the current input: (status, JSON body) for the platform."""
