@@ -1,6 +1,6 @@
 # grand-challenge inference images, MIDOG 2025 Track 2, in both of the platform's API methods
 # (README.md, "Container"; docs/invoke.md). ./build.sh builds all four, ./test.sh runs each the
-# way grand-challenge does, ./export.sh packs gpu-invoke (or, with --exec, gpu) to upload.
+# way grand-challenge does, ./export.sh packs the GPU invoke image (or, with --exec, gpu) to upload.
 #
 #   cpu         docker build --target cpu .   exec mode on python:3.11-slim-bookworm +
 #               requirements-serve.txt: ONNX Runtime on the CPU and no torch, a fraction of the
@@ -11,10 +11,11 @@
 #   gpu         docker build --target gpu .   exec mode on the pytorch/pytorch base +
 #               requirements-gpu.txt: ONNX Runtime with the CUDA provider (fp16 graph) and the
 #               PyTorch back end, for grand-challenge's T4.
-#   cpu-invoke, the same images in invoke mode (label org.grand-challenge.api-method=invoke,
-#   gpu-invoke  which one image cannot carry with both values): `python -m amf serve` loads the
+#   invoke      the same images in invoke mode (label org.grand-challenge.api-method=invoke,
+#               which one image cannot carry with both values): `python -m amf serve` loads the
 #               ensemble once and classifies /input into /output per POST /invoke on port 4743.
-#               gpu-invoke is the last stage, the default of `docker build .`.
+#               --build-arg EXEC_STAGE=cpu|gpu (default gpu) picks the image; the last stage,
+#               so `docker build .` gives the GPU image in invoke mode (docs/invoke.md).
 #
 # GPU base: pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime. Torch 2.14.1+cu130 is the torch of
 # requirements-dev.txt, and CUDA 13 + cuDNN 9 is the runtime onnxruntime-gpu 1.31 needs. Evidence
@@ -29,6 +30,7 @@
 # once pulled.
 ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
 ARG CPU_BASE_IMAGE=python:3.11-slim-bookworm
+ARG EXEC_STAGE=gpu
 
 # ------------------------------------------------------------------------------------------ cpu
 FROM --platform=linux/amd64 ${CPU_BASE_IMAGE} AS cpu
@@ -71,17 +73,6 @@ LABEL org.opencontainers.image.title="amf-inference-cpu" \
 USER user
 ENTRYPOINT ["python", "inference.py"]
 
-# ----------------------------------------------------------------------------------- cpu-invoke
-FROM cpu AS cpu-invoke
-# /output belongs to the image's user: the platform empties it between tasks, never remakes it.
-USER root
-RUN mkdir -p /output && chown user:user /output
-USER user
-EXPOSE 4743
-LABEL org.opencontainers.image.title="amf-inference-cpu-invoke" \
-      org.grand-challenge.api-method="invoke"
-ENTRYPOINT ["python", "-m", "amf", "serve"]
-
 # ------------------------------------------------------------------------------------------ gpu
 FROM --platform=linux/amd64 ${BASE_IMAGE} AS gpu
 
@@ -117,12 +108,15 @@ LABEL org.opencontainers.image.title="amf-inference" \
 USER user
 ENTRYPOINT ["python", "inference.py"]
 
-# ----------------------------------------------------------------------------------- gpu-invoke
-FROM gpu AS gpu-invoke
+# ------------------------------------------------------------------------------------ invoke
+# An exec image (EXEC_STAGE: gpu, or cpu) in invoke mode: ./build.sh builds both twins, e.g.
+# `docker build --target invoke --build-arg EXEC_STAGE=cpu .`; the default, the last stage, is
+# the GPU image's. /output belongs to the image's user: the platform empties it between tasks,
+# never makes it.
+FROM ${EXEC_STAGE} AS invoke
 USER root
 RUN mkdir -p /output && chown user:user /output
 USER user
 EXPOSE 4743
-LABEL org.opencontainers.image.title="amf-inference-invoke" \
-      org.grand-challenge.api-method="invoke"
+LABEL org.grand-challenge.api-method="invoke"
 ENTRYPOINT ["python", "-m", "amf", "serve"]
