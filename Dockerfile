@@ -1,14 +1,21 @@
-# grand-challenge inference images, MIDOG 2025 Track 2: `python inference.py` reads /input, writes
-# /output (README.md, "Container"; ./build.sh builds both, ./test.sh runs both as grand-challenge
-# does). Two targets, the same entry point, user, paths and baked-in model/:
+# grand-challenge inference images, MIDOG 2025 Track 2, in both of the platform's API methods
+# (README.md, "Container"; docs/invoke.md). ./build.sh builds all four, ./test.sh runs each the
+# way grand-challenge does, ./export.sh packs the GPU invoke image (or, with --exec, gpu) to upload.
 #
-#   cpu   docker build --target cpu .   python:3.11-slim-bookworm + requirements-serve.txt: ONNX
-#         Runtime on the CPU and no torch, a fraction of the GPU image's size. It serves the ONNX
-#         graphs the manifest names (AMF_BACKEND=onnx: an ensemble without graphs is refused with
-#         one error line instead of reaching for a torch that is not there).
-#   gpu   docker build .                the pytorch/pytorch base + requirements-gpu.txt: ONNX
-#         (the last stage: the default)  Runtime with the CUDA provider (fp16 graph) and the PyTorch
-#                                        back end. The image to upload to grand-challenge (a T4).
+#   cpu         docker build --target cpu .   exec mode on python:3.11-slim-bookworm +
+#               requirements-serve.txt: ONNX Runtime on the CPU and no torch, a fraction of the
+#               GPU image's size. It serves the ONNX graphs the manifest names (AMF_BACKEND=onnx:
+#               an ensemble without graphs is refused with one error line instead of reaching
+#               for a torch that is not there). `python inference.py` reads /input, writes
+#               /output, exits.
+#   gpu         docker build --target gpu .   exec mode on the pytorch/pytorch base +
+#               requirements-gpu.txt: ONNX Runtime with the CUDA provider (fp16 graph) and the
+#               PyTorch back end, for grand-challenge's T4.
+#   invoke      the same images in invoke mode (label org.grand-challenge.api-method=invoke,
+#               which one image cannot carry with both values): `python -m amf serve` loads the
+#               ensemble once and classifies /input into /output per POST /invoke on port 4743.
+#               --build-arg EXEC_STAGE=cpu|gpu (default gpu) picks the image; the last stage,
+#               so `docker build .` gives the GPU image in invoke mode (docs/invoke.md).
 #
 # GPU base: pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime. Torch 2.14.1+cu130 is the torch of
 # requirements-dev.txt, and CUDA 13 + cuDNN 9 is the runtime onnxruntime-gpu 1.31 needs. Evidence
@@ -23,6 +30,7 @@
 # once pulled.
 ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
 ARG CPU_BASE_IMAGE=python:3.11-slim-bookworm
+ARG EXEC_STAGE=gpu
 
 # ------------------------------------------------------------------------------------------ cpu
 FROM --platform=linux/amd64 ${CPU_BASE_IMAGE} AS cpu
@@ -60,7 +68,8 @@ RUN python -m compileall -q amf inference.py
 ARG CPU_BASE_IMAGE
 LABEL org.opencontainers.image.title="amf-inference-cpu" \
       org.opencontainers.image.description="MIDOG 2025 Track 2: normal vs atypical mitotic figures (ONNX Runtime, CPU)" \
-      org.opencontainers.image.base.name="${CPU_BASE_IMAGE}"
+      org.opencontainers.image.base.name="${CPU_BASE_IMAGE}" \
+      org.grand-challenge.api-method="exec"
 USER user
 ENTRYPOINT ["python", "inference.py"]
 
@@ -94,6 +103,20 @@ RUN python -m compileall -q amf inference.py
 ARG BASE_IMAGE
 LABEL org.opencontainers.image.title="amf-inference" \
       org.opencontainers.image.description="MIDOG 2025 Track 2: normal vs atypical mitotic figures" \
-      org.opencontainers.image.base.name="${BASE_IMAGE}"
+      org.opencontainers.image.base.name="${BASE_IMAGE}" \
+      org.grand-challenge.api-method="exec"
 USER user
 ENTRYPOINT ["python", "inference.py"]
+
+# ------------------------------------------------------------------------------------ invoke
+# An exec image (EXEC_STAGE: gpu, or cpu) in invoke mode: ./build.sh builds both twins, e.g.
+# `docker build --target invoke --build-arg EXEC_STAGE=cpu .`; the default, the last stage, is
+# the GPU image's. /output belongs to the image's user: the platform empties it between tasks,
+# never makes it.
+FROM ${EXEC_STAGE} AS invoke
+USER root
+RUN mkdir -p /output && chown user:user /output
+USER user
+EXPOSE 4743
+LABEL org.grand-challenge.api-method="invoke"
+ENTRYPOINT ["python", "-m", "amf", "serve"]

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Build the container images (README.md, "Container").
 #
-#   ./build.sh              all three images, everything ./test.sh checks (same as `all`):
+#   ./build.sh              every image, everything ./test.sh checks (same as `all`):
 #                             $AMF_CPU_IMAGE   (default amf-cpu:latest)    Dockerfile --target cpu: ONNX Runtime, no torch
-#                             $AMF_IMAGE       (default amf:latest)        Dockerfile --target gpu: the image to upload
+#                             $AMF_IMAGE       (default amf:latest)        Dockerfile --target gpu: CUDA, exec mode
+#                             $AMF_CPU_INVOKE_IMAGE, $AMF_INVOKE_IMAGE     the same in invoke mode (--target invoke
+#                               (default amf-cpu-invoke:latest, amf-invoke:latest)  --build-arg EXEC_STAGE=cpu|gpu):
+#                                                                          amf-invoke is the one to upload
 #                             $AMF_TRAIN_IMAGE (default amf-train:latest)  Dockerfile.train: python -m amf
-#   ./build.sh inference    the two inference images
-#   ./build.sh cpu | gpu | train   one of them
+#   ./build.sh inference    the four inference images
+#   ./build.sh cpu | gpu    one inference image in both modes (exec, then its invoke twin)
+#   ./build.sh train        the training image
 #
 # Docker when an engine answers, else podman (installed first on Debian when missing). Each base
 # is the Dockerfile's pinned default when it is present or can be pulled; else, with podman, a
@@ -100,7 +104,9 @@ build_image() {
     local target=$1 base=$2 file tag args start=$SECONDS
     case $target in
         cpu) file=Dockerfile tag=$AMF_CPU_IMAGE args=(--target cpu --build-arg "CPU_BASE_IMAGE=$base") ;;
+        cpu-invoke) file=Dockerfile tag=$AMF_CPU_INVOKE_IMAGE args=(--target invoke --build-arg EXEC_STAGE=cpu --build-arg "CPU_BASE_IMAGE=$base") ;;
         gpu) file=Dockerfile tag=$AMF_IMAGE args=(--target gpu --build-arg "BASE_IMAGE=$base") ;;
+        gpu-invoke) file=Dockerfile tag=$AMF_INVOKE_IMAGE args=(--target invoke --build-arg EXEC_STAGE=gpu --build-arg "BASE_IMAGE=$base") ;;
         train) file=Dockerfile.train tag=$AMF_TRAIN_IMAGE args=(--build-arg "BASE_IMAGE=$base") ;;
     esac
     args=(build --platform linux/amd64 -f "$ROOT/$file" "${args[@]}" -t "$tag")
@@ -143,6 +149,8 @@ main() {
             bases[$kind]=$(choose_base "$kind") # not in a || list: set -e must see a failure here
         fi
         build_image "$target" "${bases[$kind]}"
+        # The invoke twin adds a label and an entry point to the exec image: seconds, from cache.
+        [[ $target == train ]] || build_image "$target-invoke" "${bases[$kind]}"
     done
     say "build.sh done in $((SECONDS - start)) s: built ${TARGETS[*]}"
 }

@@ -141,6 +141,9 @@ check_image_config() {
     [[ $config == *"|/opt/app|"* ]] || { echo "WORKDIR is not /opt/app: $config"; return 1; }
     [[ ${config// /} == *'["python","inference.py"]'* ]] || { echo "entry point is not python inference.py"; return 1; }
     [[ $config == *HF_HUB_OFFLINE=1* ]] || { echo "HF_HUB_OFFLINE=1 is not set"; return 1; }
+    local method
+    method=$(engine image inspect --format '{{ index .Config.Labels "org.grand-challenge.api-method" }}' "$(image)")
+    [[ $method == exec ]] || { echo "label org.grand-challenge.api-method is '$method', not exec"; return 1; }
     local extra=""
     if [[ $FLAVOUR == cpu ]]; then
         # The CPU image's promise: no torch, ONNX Runtime's CPU build, the ONNX back end.
@@ -226,6 +229,103 @@ check_broken_input() {
     [[ -z $(ls -A "$output") ]] || { echo "left files in /output: $(ls -A "$output")"; return 1; }
     ! grep -q Traceback "$output.log" || { echo "a traceback instead of one error line"; return 1; }
     echo "corrupt stack: exit $status, /output empty, ${line:0:90}..."
+}
+
+# ---------------------------------------------------------------- invoke mode
+
+# The invoke-mode twin of the image under test.
+invoke_image() { if [[ $FLAVOUR == cpu ]]; then echo "$AMF_CPU_INVOKE_IMAGE"; else echo "$AMF_INVOKE_IMAGE"; fi; }
+
+# invoke_cases DIR: the tasks of check_invoke, one folder each, in the order they run: the real
+# sample (else test/input), a plain folder of crops, a corrupt stack, the sample again.
+invoke_cases() {
+    local sample="$DATA/gc-sample/input"
+    [[ -d $sample ]] || sample="$ROOT/test/input"
+    mkdir -p "$1/folder/crops" "$1/hostile/images/$SLUG"
+    cp -R "$sample/." "$1/sample/"
+    cp -R "$sample/." "$1/sample-again/"
+    cp "$ROOT/test/input/images/$SLUG/"* "$1/folder/crops/"
+    cp "$ROOT/test/input/inputs.json" "$1/hostile/"
+    head -c 4096 /dev/urandom >"$1/hostile/images/$SLUG/stack_broken.tiff"
+    chmod -R a+rX "$1"
+}
+
+# run_invoke CASES COLLECT MODEL LOG: start the invoke image once (--network none, model and cases
+# read-only), drive it with docker/invoke_driver.py from inside its network namespace (podman
+# exec, as root like the platform's shim), then SIGTERM it; the server's log goes to LOG and the
+# seconds from SIGTERM to its exit to LOG.stop. Without an engine, the same through `python -m
+# amf serve` in the flavour's local environment, on a free loopback port.
+run_invoke() {
+    local cases=$1 collect=$2 model=$3 log=$4 driver=(invoke_driver.py --health-call-timeout 1)
+    local names=(sample folder hostile sample-again) start status=0
+    if [[ $ENGINE == none ]]; then
+        local python=$PY port io="$WORK/invoke-io-$FLAVOUR"
+        [[ $FLAVOUR == cpu ]] && python="$SERVE_VENV/bin/python"
+        port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        mkdir -p "$io/output"
+        (cd "$ROOT" && exec "$python" -m amf serve --input "$io/input" --output "$io/output" --model "$model" \
+            --host 127.0.0.1 --port "$port") >"$log" 2>&1 &
+        local pid=$!
+        "$PY" "$ROOT/docker/${driver[0]}" "${driver[@]:1}" --port "$port" --input "$io/input" \
+            --output "$io/output" --linked-parent "$io/data" --cases "$cases" --collect "$collect" "${names[@]}" \
+            || status=$?
+        start=$EPOCHREALTIME
+        kill -TERM "$pid"
+        wait "$pid" || true
+    else
+        local container="amf-invoke-check-$$-$FLAVOUR"
+        engine run -d --name "$container" --network none --tmpfs /tmp \
+            --volume "$model:/opt/ml/model:ro" --volume "$cases:/cases:ro" --volume "$collect:/collected" \
+            --volume "$ROOT/docker/${driver[0]}:/opt/driver/${driver[0]}:ro" "$(invoke_image)" >/dev/null
+        # shellcheck disable=SC2064 # the name now, not at exit
+        trap "engine rm -f $container >/dev/null 2>&1" EXIT
+        engine exec --user 0 "$container" python "/opt/driver/${driver[0]}" "${driver[@]:1}" \
+            --cases /cases --collect /collected "${names[@]}" || status=$?
+        start=$EPOCHREALTIME
+        engine kill --signal TERM "$container" >/dev/null
+        timeout 10 "$ENGINE" wait "$container" >/dev/null
+        engine logs "$container" >"$log" 2>&1
+    fi
+    awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f\n", b - a }' >"$log.stop"
+    return "$status"
+}
+
+# grand-challenge's invoke mode, as the platform runs it: one process for several tasks, each a
+# fresh /input link; 201 and valid predictions for good input, a non-201 and nothing written for
+# a corrupt stack, one error line in the log, the next task served; SIGTERM -> exit within 5 s.
+check_invoke() {
+    local cases="$WORK/invoke-cases-$FLAVOUR" collect model log="$WORK/invoke-$FLAVOUR.log" sample
+    if [[ $ENGINE != none ]]; then
+        image_exists "$(invoke_image)" || { echo "no image $(invoke_image) ($ENGINE): run ./build.sh"; return 1; }
+        local label
+        label=$(engine image inspect --format '{{ index .Config.Labels "org.grand-challenge.api-method" }}' "$(invoke_image)")
+        [[ $label == invoke ]] || { echo "label org.grand-challenge.api-method is '$label', not invoke"; return 1; }
+    fi
+    invoke_cases "$cases"
+    collect=$(new_output)
+    model=$(stage "$(reference_model)")
+    run_invoke "$cases" "$collect" "$model" "$log" >"$WORK/invoke-driver-$FLAVOUR.log" 2>&1 \
+        || { echo "the run failed: $(last_line "$WORK/invoke-driver-$FLAVOUR.log")"; return 1; }
+    local statuses
+    statuses=$(cat "$collect"/{sample,folder,hostile,sample-again}.status | paste -sd ' ')
+    [[ $statuses =~ ^201\ 201\ [0-9]+\ 201$ && $statuses != *" 201 201 201" ]] \
+        || { echo "statuses (sample folder hostile sample-again): $statuses, expected 201 201 non-201 201"; return 1; }
+    [[ ! -e $collect/hostile ]] || { echo "the corrupt stack's task wrote $(ls -A "$collect/hostile")"; return 1; }
+    sample="$cases/sample"
+    compare "$collect/sample/$OUTPUT_NAME" --input "$sample" --model "$model"
+    compare "$collect/sample-again/$OUTPUT_NAME" --expected "$collect/sample/$OUTPUT_NAME"
+    compare "$collect/folder/$OUTPUT_NAME" --input "$cases/folder" --model "$model"
+    [[ -f $collect/folder/predictions.csv ]] || { echo "the folder's task wrote no predictions.csv"; return 1; }
+    local errors
+    errors=$(grep -c '^ERROR' "$log" || true)
+    [[ $errors == 1 ]] && grep -q '^ERROR amf.server: .*stack_broken.tiff' "$log" \
+        || { echo "$errors ERROR lines in the server's log, expected one naming stack_broken.tiff"; return 1; }
+    ! grep -q Traceback "$log" || { echo "a traceback in the server's log"; return 1; }
+    grep -q 'terminated: shutting down' "$log" || { echo "no clean exit on SIGTERM: $(last_line "$log")"; return 1; }
+    local stop
+    stop=$(cat "$log.stop")
+    awk -v s="$stop" 'BEGIN { exit !(s < 5) }' || { echo "exit took $stop s after SIGTERM (limit 5)"; return 1; }
+    echo "$(head -n 1 "$WORK/invoke-driver-$FLAVOUR.log"); statuses $statuses; SIGTERM -> exit in $stop s"
 }
 
 # The training image is built by ./build.sh like the inference images: missing, it fails.
@@ -325,7 +425,7 @@ main() {
             echo "SKIP $FLAVOUR/*: the other $FLAVOUR checks, for want of the image"
             continue
         fi
-        for name in image-config expected baked override gc-sample broken-input; do
+        for name in image-config expected baked override gc-sample broken-input invoke; do
             run_check "$name" "$FLAVOUR/$name"
         done
     done

@@ -12,6 +12,7 @@ Serving (numpy + Pillow + onnxruntime; torch only for the PyTorch back end)
     predict       one run: input -> preprocess -> ensemble -> output; scoring decoded crops
     progress      a long run's progress: a bar on a terminal, else a log line every 10 s
     report        report.html: a folder run's crops as thumbnails, sorted by P(atypical)
+    server        grand-challenge's invoke mode: the ensemble loaded once, a job per POST /invoke
     writing       every file written (all or nothing), CSV rows, sha256
     errors        errors that end a run with one line
 

@@ -13,12 +13,31 @@ from amf.dataset import AMIBR_SPLITS, DOMAIN_COLUMNS
 from amf.errors import AmfError
 from amf.manifest import EXPORTERS, INTERPOLATIONS, TTA_VIEWS
 from amf.predict import BACKENDS, BATCH_SIZE
+from amf.server import HOST, PORT
 
 log = logging.getLogger("amf")
 
 
 def add_predict(commands: argparse._SubParsersAction, prog: str | None = None) -> None:
     parser = _command(commands, "predict", "classify a grand-challenge input, stack or folder", prog=prog)
+    _add_job_options(parser)
+    parser.set_defaults(handler=_predict)
+
+
+def add_serve(commands: argparse._SubParsersAction) -> None:
+    parser = _command(
+        commands,
+        "serve",
+        "grand-challenge's invoke mode: load the ensemble once, classify --input per POST /invoke",
+    )
+    _add_job_options(parser)
+    parser.add_argument("--host", default=HOST, help="address to listen on")
+    parser.add_argument("--port", type=_bounded_int(0, 65535), default=PORT, help="port (0: any free one)")
+    parser.set_defaults(handler=_serve)
+
+
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    """What one job reads and writes, and how: the same for `predict` and `serve`."""
     parser.add_argument(
         "--input", type=Path, default=Path("/input"), help="crops: a folder, a stack or a crop"
     )
@@ -39,7 +58,6 @@ def add_predict(commands: argparse._SubParsersAction, prog: str | None = None) -
         choices=BACKENDS,
         help="auto: ONNX Runtime if the manifest names a graph, else PyTorch (default: $AMF_BACKEND or auto)",
     )
-    parser.set_defaults(handler=_predict)
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -79,6 +97,21 @@ def _predict(args: argparse.Namespace) -> None:
 
     model_dir = args.model or predict.default_model_dir()
     predict.run(args.input, args.output, model_dir, batch_size=args.batch_size, backend=args.backend)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from amf import predict, server
+
+    model_dir = args.model or predict.default_model_dir()
+    server.serve(
+        args.input,
+        args.output,
+        model_dir,
+        batch_size=args.batch_size,
+        backend=args.backend,
+        host=args.host,
+        port=args.port,
+    )
 
 
 def add_export(commands: argparse._SubParsersAction) -> None:
@@ -422,6 +455,7 @@ order of work (README.md, "Training"; model/reproduce.sh runs it end to end):
 
 examples:
   amf predict --input crops/ --output out/      # what inference.py and ./run.sh run
+  amf serve                                     # the invoke image: /input -> /output per POST /invoke
   amf dataset --amibr ami-br/ --amibr-split train --by scanner --out runs/train.csv
   amf plan --table runs/train.csv --domain all --out runs/plan.json
   amf train --plan runs/plan.json --out runs/all --arch efficientvit_m0 --size 128 --pretrained none
@@ -436,6 +470,7 @@ def build_parser(predict_prog: str | None = None) -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="<command>")
     add_predict(commands, predict_prog)
+    add_serve(commands)
     add_export(commands)
     add_quantize(commands)
     add_dataset(commands)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -90,6 +92,23 @@ def load_predictor(ensemble_manifest: Manifest, model_dir: Path, backend: str | 
     return Ensemble.load(ensemble_manifest, model_dir)
 
 
+@dataclass(frozen=True)
+class LoadedEnsemble:
+    """An ensemble loaded once (invoke mode): its manifest, its folder and its back end."""
+
+    manifest: Manifest
+    model_dir: Path
+    predictor: Predictor
+
+
+def load_ensemble(model_dir: Path, backend: str | None = None) -> LoadedEnsemble:
+    """The manifest and the ensemble on its back end, for a process that runs many jobs."""
+    ensemble_manifest = manifest.load(model_dir)
+    return LoadedEnsemble(
+        ensemble_manifest, Path(model_dir), load_predictor(ensemble_manifest, model_dir, backend)
+    )
+
+
 def run(
     input_path: Path,
     output_dir: Path,
@@ -105,18 +124,50 @@ def run(
     classified. Raises AmfError on bad input, a bad ensemble or an unwritable output; then no
     output of ours is left in `output_dir`, not even an earlier run's.
     """
+
+    def job() -> int:
+        ensemble_manifest = manifest.load(model_dir)
+        # The heavy imports come only after the input checks, when _run calls `load`.
+        load = partial(load_predictor, ensemble_manifest, model_dir, backend)
+        return _run(Path(input_path), Path(output_dir), ensemble_manifest, Path(model_dir), load, batch_size)
+
+    return _all_or_nothing(output_dir, job)
+
+
+def run_job(
+    ensemble: LoadedEnsemble, input_path: Path, output_dir: Path, *, batch_size: int = BATCH_SIZE
+) -> int:
+    """`run` on an ensemble already loaded: the same checks, output and errors, without the load."""
+
+    def job() -> int:
+        loaded = lambda: ensemble.predictor  # noqa: E731
+        return _run(
+            Path(input_path), Path(output_dir), ensemble.manifest, ensemble.model_dir, loaded, batch_size
+        )
+
+    return _all_or_nothing(output_dir, job)
+
+
+def _all_or_nothing(output_dir: Path, job: Callable[[], int]) -> int:
+    """`job()`, or on any error or termination no output of ours left in `output_dir`."""
     made_here = not Path(output_dir).exists()
     try:
-        return _run(Path(input_path), Path(output_dir), Path(model_dir), batch_size, backend)
+        return job()
     except (AmfError, SystemExit, KeyboardInterrupt):
         writing.remove_outputs(output_dir, folder=made_here)
         raise
 
 
-def _run(input_path: Path, output_dir: Path, model_dir: Path, batch_size: int, backend: str | None) -> int:
+def _run(
+    input_path: Path,
+    output_dir: Path,
+    ensemble_manifest: Manifest,
+    model_dir: Path,
+    load: Callable[[], Predictor],
+    batch_size: int,
+) -> int:
     if batch_size < 1:
         raise AmfError(f"batch size must be at least 1, got {batch_size}")
-    ensemble_manifest = manifest.load(model_dir)
     job = stacks.discover(input_path)
     writing.check_output_dir(output_dir)
     names = [
@@ -129,8 +180,7 @@ def _run(input_path: Path, output_dir: Path, model_dir: Path, batch_size: int, b
         ensemble_manifest.tta,
         ensemble_manifest.threshold.value,
     )
-    # The heavy imports come only after the input checks.
-    ensemble = load_predictor(ensemble_manifest, model_dir, backend)
+    ensemble = load()
     # A folder run's report.html shows a thumbnail of each page, kept as the page is decoded.
     thumbnails = None if job.grand_challenge else report.Thumbnails()
     pages = _pages(job) if thumbnails is None else thumbnails.tap(_pages(job))

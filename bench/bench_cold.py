@@ -20,20 +20,22 @@ from pathlib import Path
 from bench_inference import STACK, emit, heading, run_child
 from reference import save_random_weights
 
+REFERENCE = "reference: EfficientNetV2-M, 1 crop per call, 224 px (PyTorch)"
 
-def commands(stack: Path, workdir: Path) -> dict[str, list[str]]:
+
+def reference_command(stack: Path, workdir: Path) -> list[str]:
+    """One cold run of the organisers' approach on `stack` (random weights, made once in `workdir`)."""
     weights = workdir / "reference.pt"
     if not weights.is_file():
         save_random_weights(weights)
     io_args = ["--input", str(stack), "--output", str(workdir / "out")]
+    return [sys.executable, "bench/reference.py", *io_args, "--weights", str(weights)]
+
+
+def commands(stack: Path, workdir: Path) -> dict[str, list[str]]:
+    io_args = ["--input", str(stack), "--output", str(workdir / "out")]
     return {
-        "reference: EfficientNetV2-M, 1 crop per call, 224 px (PyTorch)": [
-            sys.executable,
-            "bench/reference.py",
-            *io_args,
-            "--weights",
-            str(weights),
-        ],
+        REFERENCE: reference_command(stack, workdir),
         "ours: `python inference.py` (default path)": [sys.executable, "inference.py", *io_args],
     }
 

@@ -11,6 +11,17 @@ shopt -s inherit_errexit
 AMF_IMAGE="${AMF_IMAGE:-amf:latest}"
 AMF_CPU_IMAGE="${AMF_CPU_IMAGE:-amf-cpu:latest}"
 AMF_TRAIN_IMAGE="${AMF_TRAIN_IMAGE:-amf-train:latest}"
+
+# invoke_name IMAGE: the invoke-mode twin of an exec image's name (amf:latest -> amf-invoke:latest).
+invoke_name() {
+    local repository=${1%:*} tag=latest
+    [[ $1 == *:* && ${1##*:} != */* ]] && tag=${1##*:} || repository=$1
+    echo "$repository-invoke:$tag"
+}
+
+# The same two inference images in grand-challenge's invoke mode (Dockerfile, *-invoke targets).
+AMF_INVOKE_IMAGE="${AMF_INVOKE_IMAGE:-$(invoke_name "$AMF_IMAGE")}"
+AMF_CPU_INVOKE_IMAGE="${AMF_CPU_INVOKE_IMAGE:-$(invoke_name "$AMF_CPU_IMAGE")}"
 VENV="$ROOT/.venv"             # requirements-dev.txt: training, export, tests
 SERVE_VENV="$ROOT/.venv-serve" # requirements-serve.txt: inference.py through ONNX Runtime, no torch
 

@@ -100,6 +100,27 @@ def test_missing_path(tmp_path: Path) -> None:
         stacks.discover(tmp_path / "nope")
 
 
+def test_input_linked_to_a_task_folder_as_in_invoke_mode(tmp_path: Path) -> None:
+    """grand-challenge's invoke mode makes /input a link to /opt/ml/input/data/<pk>-input: that
+    folder is the root, a link through /input that stays in it is read, one to another task's
+    folder beside it is refused."""
+    tasks = tmp_path / "opt" / "ml" / "input" / "data"
+    this, other = gc_layout(tasks / "1-input"), gc_layout(tasks / "2-input", {"x.tif": tiff_bytes(tmp_path)})
+    (this / "kept").mkdir()
+    (this / "kept" / "real.tif").write_bytes(tiff_bytes(tmp_path))
+    link = tmp_path / "input"
+    link.symlink_to(this, target_is_directory=True)
+    stack = this / "images" / stacks.SLUG / "stack.tif"
+    stack.symlink_to(link / "kept" / "real.tif")
+    job = stacks.discover(link)
+    assert (job.root, job.files, job.grand_challenge) == (this, (stack,), True)
+    assert len(stacks.read_pages(job.files[0])) == 2
+    stack.unlink()
+    stack.symlink_to(other / "images" / stacks.SLUG / "x.tif")
+    with pytest.raises(InputError, match=r"stack\.tif: leads outside the input folder .*1-input"):
+        stacks.discover(link)
+
+
 def test_folder_of_crops_is_recursive_sorted_and_skips_hidden(tmp_path: Path) -> None:
     for rel in ["b/2.png", "b/10.jpg", "a.PNG", ".hidden/x.png", "notes.txt"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
