@@ -101,8 +101,10 @@ def add_export(commands: argparse._SubParsersAction) -> None:
 def _export(args: argparse.Namespace) -> None:
     from amf import onnx_export
 
-    spec = onnx_export.export(args.model, args.crops, exporter=args.exporter, max_crops=args.max_crops)
-    for graph in spec.onnx.graphs.values():
+    ensemble_manifest = onnx_export.export(
+        args.model, args.crops, exporter=args.exporter, max_crops=args.max_crops
+    )
+    for graph in ensemble_manifest.onnx.graphs.values():
         print(f"{args.model / graph.file}: max |ONNX - PyTorch| {graph.max_abs_diff:.2g}")
 
 
@@ -125,8 +127,8 @@ def _quantize(args: argparse.Namespace) -> None:
 
     calibration = training_data.sample_crops(args.table, args.crops, seed=args.seed)
     check = training_data.sample_crops(args.table, args.check, seed=args.seed, skip=args.crops)
-    ensemble = quantize.quantize(args.model, calibration, check)
-    graph = ensemble.onnx.graphs["int8"]
+    ensemble_manifest = quantize.quantize(args.model, calibration, check)
+    graph = ensemble_manifest.onnx.graphs["int8"]
     print(f"{args.model / graph.file}: max |int8 - fp32| {graph.max_abs_diff:.3g} on {args.check} crops")
 
 
@@ -339,7 +341,7 @@ def add_assemble(commands: argparse._SubParsersAction) -> None:
 def _assemble(args: argparse.Namespace) -> None:
     from amf import runs
 
-    ensemble = runs.assemble(
+    ensemble_manifest = runs.assemble(
         args.run,
         args.domain,
         args.out,
@@ -348,9 +350,10 @@ def _assemble(args: argparse.Namespace) -> None:
         refit=args.refit,
         interpolation=args.interpolation,
     )
-    oof = ensemble.provenance["out_of_fold"]
+    oof = ensemble_manifest.provenance["out_of_fold"]
     print(
-        f"{ensemble.name}: threshold {ensemble.threshold.value:.4f} ({ensemble.threshold.method}); "
+        f"{ensemble_manifest.name}: threshold {ensemble_manifest.threshold.value:.4f} "
+        f"({ensemble_manifest.threshold.method}); "
         f"out-of-fold AUROC {oof['roc_auc']:.4f}, balanced accuracy {oof['balanced_accuracy']:.4f}"
     )
 

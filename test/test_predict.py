@@ -95,8 +95,10 @@ def test_single_stack_file_with_many_pages(tmp_path: Path) -> None:
     assert predict.run(stack, tmp_path / "out", FIXTURE_ENSEMBLE, batch_size=8) == 20
     records = assert_contract(tmp_path / "out", 20, 0.5)
     assert (tmp_path / "out" / writing.CSV_NAME).read_text().count("big.tiff#") == 20
-    spec = manifest.load(FIXTURE_ENSEMBLE)
-    expected = Ensemble.load(spec, FIXTURE_ENSEMBLE).predict(prepare(list(pages), spec.input))
+    ensemble_manifest = manifest.load(FIXTURE_ENSEMBLE)
+    expected = Ensemble.load(ensemble_manifest, FIXTURE_ENSEMBLE).predict(
+        prepare(list(pages), ensemble_manifest.input)
+    )
     np.testing.assert_allclose([r["confidence"] for r in records], expected, atol=1e-6)
 
 
@@ -189,13 +191,16 @@ def test_predict_crops_averages_the_tta_views(fixture_ensemble):
     from amf.errors import InputError
     from amf.preprocess import dihedral, prepare
 
-    spec = manifest.load(fixture_ensemble)
-    ensemble = Ensemble.load(spec, fixture_ensemble)
+    ensemble_manifest = manifest.load(fixture_ensemble)
+    ensemble = Ensemble.load(ensemble_manifest, fixture_ensemble)
     crops = list(np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8))
-    plain = predict.predict_crops(ensemble, crops, spec.input, batch_size=2)
-    np.testing.assert_allclose(plain, ensemble.predict(prepare(crops, spec.input)))
-    flips = predict.predict_crops(ensemble, crops, spec.input, tta="flips")
-    views = [ensemble.predict(prepare([dihedral(c, k) for c in crops], spec.input)) for k in (0, 2, 4, 6)]
+    plain = predict.predict_crops(ensemble, crops, ensemble_manifest.input, batch_size=2)
+    np.testing.assert_allclose(plain, ensemble.predict(prepare(crops, ensemble_manifest.input)))
+    flips = predict.predict_crops(ensemble, crops, ensemble_manifest.input, tta="flips")
+    views = [
+        ensemble.predict(prepare([dihedral(c, k) for c in crops], ensemble_manifest.input))
+        for k in (0, 2, 4, 6)
+    ]
     np.testing.assert_allclose(flips, np.mean(views, axis=0))
     with pytest.raises(InputError, match="none"):
-        predict.predict_crops(ensemble, crops, spec.input, tta="all")
+        predict.predict_crops(ensemble, crops, ensemble_manifest.input, tta="all")
