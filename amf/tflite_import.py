@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from amf import models, writing
+from amf import models, tf_networks, writing
 from amf.errors import ModelError
 from amf.preprocess import prepared_batches
 
@@ -172,11 +172,11 @@ def import_tflite(
     size: int = 224,
     batch_size: int = 64,
 ) -> dict[str, str]:
-    """Write `source`'s weights for `architecture` (a key of models.TF_NETWORKS) to `out` as
+    """Write `source`'s weights for `architecture` (one of tf_networks.ARCHITECTURES) to `out` as
     safetensors; with `crops`, batch norm is recalibrated on them at `size` px. Returns the
     metadata stored in the file (source sha256, licence, calibration)."""
-    if architecture not in models.TF_NETWORKS:
-        raise ModelError(f"import-tflite builds {list(models.TF_NETWORKS)}, not {architecture!r}")
+    if architecture not in tf_networks.ARCHITECTURES:
+        raise ModelError(f"import-tflite builds {list(tf_networks.ARCHITECTURES)}, not {architecture!r}")
     model = models.create(architecture, num_classes=1000)
     state = to_state_dict(read_convolutions(source), model)
     model.load_state_dict(state, strict=False)
