@@ -22,6 +22,7 @@ Training (torch, timm, scikit-learn)
     tf_networks   the TF-padded MobileNets, registered with timm (tf_mobilenetv2_100, ...)
     tflite_import ImageNet MobileNets from TensorFlow Lite files
     config        the training recipe: settings, defaults, checks (no torch)
+    recipes       the named recipes (r1, r4, r6, r7, lite0-128, ...): `amf train --recipe NAME`
     runtime       device, data-parallel rank, seeds: the launcher's environment
     train         one model: train, validate, keep the best epoch
     runs          run a plan's models into a run folder; assemble them into an ensemble

@@ -227,6 +227,7 @@ def _import_tflite(args: argparse.Namespace) -> None:
 
 
 def add_train(commands: argparse._SubParsersAction) -> None:
+    from amf.recipes import RECIPES
     from amf.weight_packages import PACKAGES
 
     parser = _command(commands, "train", "train a plan's models (skips finished ones, resumes killed ones)")
@@ -241,8 +242,14 @@ def add_train(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="one model per domain on all its crops, no validation (serve it with `assemble --refit`)",
     )
+    parser.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        help="start from this named recipe (amf/recipes.py); each setting given below overrides it",
+    )
     group = parser.add_argument_group(
-        "training settings", "each: the value given, else the run folder's (a resumed run), else the built-in"
+        "training settings",
+        "each: the value given, else the --recipe's, else the run folder's (resumed), else the built-in",
     )
     setting = _setting_adder(group)
     setting("--arch", dest="architecture", help="timm model name")
@@ -250,7 +257,8 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     setting(
         "--pretrained",
         help="'hub' (timm's ImageNet weights; needs the internet), a pinned weight package "
-        f"({', '.join(PACKAGES)}: requirements-dev.txt), a weight file, or 'none'",
+        f"({', '.join(PACKAGES)}: requirements-dev.txt), a weight file, a .tflite MobileNet "
+        "(imported into the run folder as `import-tflite --table <plan's table>` would), or 'none'",
     )
     setting("--epochs", type=int, help="passes over the training set")
     setting("--lr", type=float, help="peak learning rate of the one-cycle schedule")
@@ -293,10 +301,11 @@ def _setting_adder(group: argparse._ArgumentGroup):
 
 
 def _train(args: argparse.Namespace) -> None:
-    from amf import runs
+    from amf import recipes, runs, tflite_import
 
-    given = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__}
-    config = runs.settings(args.out, given)
+    given = {name: getattr(args, name, None) for name in TrainConfig.__dataclass_fields__}
+    config = runs.settings(args.out, given, recipes.RECIPES.get(args.recipe))
+    config = tflite_import.for_run(config, args.plan, args.out)
     runs.run_plan(
         args.plan,
         args.out,
@@ -427,7 +436,7 @@ examples:
   amf predict --input crops/ --output out/      # what inference.py and ./run.sh run
   amf dataset --amibr ami-br/ --amibr-split train --by scanner --out runs/train.csv
   amf plan --table runs/train.csv --domain all --out runs/plan.json
-  amf train --plan runs/plan.json --out runs/all --arch efficientvit_m0 --size 128 --pretrained none
+  amf train --plan runs/plan.json --out runs/all --recipe r4    # a named recipe: amf/recipes.py
   amf assemble --run runs/all --out model/ --tta dihedral && amf export-onnx --model model/
 """
 

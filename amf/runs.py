@@ -185,12 +185,15 @@ def load_run(run_dir: Path) -> tuple[Plan, TrainConfig]:
     return load_plan(record.plan), record.config
 
 
-def settings(run_dir: Path, given: Mapping[str, Any]) -> TrainConfig:
-    """The settings a run trains with: those given (None: not given), else the run folder's own
-    (a resumed run), else TrainConfig's defaults. `pretrained="none"` means no pretrained weights."""
+def settings(run_dir: Path, given: Mapping[str, Any], recipe: TrainConfig | None = None) -> TrainConfig:
+    """The settings a run trains with: those given (None: not given), else the named `recipe`'s
+    (amf.recipes: it sets them all), else the run folder's own (a resumed run), else TrainConfig's
+    defaults. `pretrained="none"` means no pretrained weights."""
     chosen = {name: value for name, value in given.items() if value is not None}
     if chosen.get("pretrained") == "none":
         chosen["pretrained"] = None
+    if recipe is not None:
+        return TrainConfig(**{**asdict(recipe), **chosen})
     saved = asdict(read_run(run_dir).config) if (Path(run_dir) / RUN_FILE).is_file() else {}
     return TrainConfig(**{**asdict(TrainConfig()), **saved, **chosen})
 
