@@ -26,7 +26,7 @@ OUT="${1:-$ROOT/build}"
 if [[ ${AMF_ONNX:-0} == 1 ]]; then
     say "exporting model/ to ONNX, then rebuilding $AMF_IMAGE"
     ensure_venv
-    "$VENV/bin/python" -m amf export-onnx --model "$ROOT/model"
+    "$VENV/bin/python" -m amf export-onnx --model "$ROOT/model" --crops "$ROOT/test/input"
     "$ROOT/build.sh" gpu
 fi
 

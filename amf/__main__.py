@@ -6,10 +6,9 @@ import argparse
 import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 
-from amf.config import TrainConfig
-from amf.dataset import AMIBR_SPLITS, DOMAIN_COLUMNS
 from amf.errors import AmfError
 from amf.manifest import EXPORTERS, INTERPOLATIONS, TTA_VIEWS
 from amf.predict import BACKENDS, BATCH_SIZE
@@ -88,8 +87,8 @@ def add_export(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--crops",
         type=Path,
-        default=repo / "test" / "input",
-        help="real crops for the parity check: stack, crop or folder",
+        required=True,
+        help="crops for the parity check: stack, crop or folder (in a clone: test/input)",
     )
     parser.add_argument("--max-crops", type=int, default=16, help="crops compared")
     parser.add_argument(
@@ -133,6 +132,8 @@ def _quantize(args: argparse.Namespace) -> None:
 
 
 def add_dataset(commands: argparse._SubParsersAction) -> None:
+    from amf.dataset import AMIBR_SPLITS, DOMAIN_COLUMNS
+
     parser = _command(commands, "dataset", "build the unified dataset table and print its Table 1")
     parser.add_argument("--midog25", type=Path, help="MIDOG25 Track 2 label CSV")
     parser.add_argument("--midog25-images", type=Path, help="folder of MIDOG25 crops (default: the CSV's)")
@@ -290,6 +291,8 @@ def add_train(commands: argparse._SubParsersAction) -> None:
 def _setting_adder(group: argparse._ArgumentGroup):
     """add_argument for a TrainConfig field: no argparse default (so the run folder's can apply),
     its built-in default shown from TrainConfig itself."""
+    from amf.config import TrainConfig
+
     defaults = TrainConfig()
 
     def add(flag: str, *, help: str, dest: str | None = None, **kwargs: object) -> None:
@@ -302,6 +305,7 @@ def _setting_adder(group: argparse._ArgumentGroup):
 
 def _train(args: argparse.Namespace) -> None:
     from amf import recipes, runs, tflite_import
+    from amf.config import TrainConfig
 
     given = {name: getattr(args, name, None) for name in TrainConfig.__dataclass_fields__}
     config = runs.settings(args.out, given, recipes.RECIPES.get(args.recipe))
@@ -368,6 +372,8 @@ def _assemble(args: argparse.Namespace) -> None:
 
 
 def add_evaluate(commands: argparse._SubParsersAction) -> None:
+    from amf.dataset import DOMAIN_COLUMNS
+
     parser = _command(commands, "evaluate", "Table 2, ROC and confusion figures for a trained run")
     parser.add_argument("--run", type=Path, required=True, help="run folder from `amf train`")
     parser.add_argument("--out", type=Path, required=True, help="report folder")
@@ -392,6 +398,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def add_score(commands: argparse._SubParsersAction) -> None:
+    from amf.dataset import DOMAIN_COLUMNS
+
     parser = _command(commands, "score", "the official Track 2 evaluator on a folder of output JSONs")
     parser.add_argument(
         "--predictions",
@@ -437,26 +445,37 @@ examples:
   amf dataset --amibr ami-br/ --amibr-split train --by scanner --out runs/train.csv
   amf plan --table runs/train.csv --domain all --out runs/plan.json
   amf train --plan runs/plan.json --out runs/all --recipe r4    # a named recipe: amf/recipes.py
-  amf assemble --run runs/all --out model/ --tta dihedral && amf export-onnx --model model/
+  amf assemble --run runs/all --out model/ --tta dihedral
+  amf export-onnx --model model/ --crops test/input
 """
 
+# Each command and the function that adds its parser, in the order `amf --help` lists them. A
+# parser imports what its options need (training settings: amf.config), and a run builds only the
+# parser of the command it names: `predict`, which inference.py runs, loads no training module.
+COMMANDS = {
+    "predict": add_predict,
+    "export-onnx": add_export,
+    "quantize": add_quantize,
+    "dataset": add_dataset,
+    "plan": add_plan,
+    "import-tflite": add_import_tflite,
+    "train": add_train,
+    "assemble": add_assemble,
+    "evaluate": add_evaluate,
+    "score": add_score,
+}
 
-def build_parser(predict_prog: str | None = None) -> argparse.ArgumentParser:
-    """`predict_prog` names the predict command in its help (inference.py is that command)."""
+
+def build_parser(predict_prog: str | None = None, *, command: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser, or only `command`'s; `predict_prog` names the predict command in
+    its help (inference.py is that command)."""
     parser = argparse.ArgumentParser(
         prog="amf", description=__doc__, epilog=WORKFLOW, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", metavar="<command>")
-    add_predict(commands, predict_prog)
-    add_export(commands)
-    add_quantize(commands)
-    add_dataset(commands)
-    add_plan(commands)
-    add_import_tflite(commands)
-    add_train(commands)
-    add_assemble(commands)
-    add_evaluate(commands)
-    add_score(commands)
+    for name, add in {**COMMANDS, "predict": partial(add_predict, prog=predict_prog)}.items():
+        if command in (None, name):
+            add(commands)
     return parser
 
 
@@ -464,7 +483,8 @@ def main(argv: list[str] | None = None, *, predict_prog: str | None = None) -> i
     """Run one command; an AmfError becomes one line on stderr and exit status 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)  # a library's warning is one log line, never a multi-line dump
-    parser = build_parser(predict_prog)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(predict_prog, command=argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:  # `amf` alone: what it can do and what to run first
         parser.print_help(sys.stderr)

@@ -48,7 +48,7 @@ ensemble)
     done
     for pid in "${pids[@]}"; do wait "$pid"; done  # a failed run stops the script (its log says why)
     "$PY" -m amf assemble "${runs[@]}" --out model/ --threshold youden --tta "$TTA"
-    "$PY" -m amf export-onnx --model model/  # the graphs the container serves by default
+    "$PY" -m amf export-onnx --model model/ --crops test/input  # the graphs the container serves by default
 
     # The published test split, once, through the container's own entry point.
     "$PY" -m amf dataset --amibr "$AMIBR" --amibr-split test --by scanner --out "$WORK/amibr-test.csv" \

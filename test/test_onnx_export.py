@@ -15,6 +15,7 @@ import torch
 from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT
 
 from amf import manifest, models, onnx_export, onnx_runtime, writing
+from amf.__main__ import main
 from amf.ensemble import Ensemble
 from amf.errors import ModelError
 
@@ -200,6 +201,15 @@ def test_parity_failure_writes_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(ModelError, match=r"ensemble\.fp32\.onnx: ONNX differs from PyTorch by 0\.2"):
         onnx_export.export(model_dir, SAMPLE_INPUT, exporter="torchscript")
     assert {path.name: path.read_bytes() for path in model_dir.iterdir()} == before
+
+
+def test_the_command_needs_crops_for_its_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """No default that exists in one place only (test/ is not in the training image): --crops is
+    required, and its omission is a usage error naming it before anything is read."""
+    with pytest.raises(SystemExit) as end:
+        main(["export-onnx", "--model", str(_copy_fixture(tmp_path))])
+    assert end.value.code == 2
+    assert "the following arguments are required: --crops" in capsys.readouterr().err
 
 
 def test_unknown_exporter_is_refused(tmp_path: Path) -> None:

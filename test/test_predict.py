@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT, shared_data
 from make_fixtures import expected_model_dir, synthetic_crops, write_stack
 from PIL import Image
 
+import amf
 from amf import manifest, predict, stacks, writing
 
 TOLERANCE = 1e-4  # absolute, on confidences, between machines and library builds
@@ -204,3 +206,31 @@ def test_predict_crops_averages_the_tta_views(fixture_ensemble):
     np.testing.assert_allclose(flips, np.mean(views, axis=0))
     with pytest.raises(InputError, match="none"):
         predict.predict_crops(ensemble, crops, ensemble_manifest.input, tta="all")
+
+
+def _training_modules() -> set[str]:
+    """The modules amf/__init__.py's module map lists under "Training"."""
+    section = amf.__doc__.split("\nTraining")[1].split("\n\n")[0]
+    return {f"amf.{name}" for name in re.findall(r"^    (\w+) ", section, flags=re.M)}
+
+
+def test_inference_imports_no_training_module(tmp_path: Path) -> None:
+    assert {"amf.config", "amf.dataset", "amf.models", "amf.train"} <= _training_modules()
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['inference.py', *sys.argv[1:]]\n"
+        "try:\n"
+        "    runpy.run_path('inference.py', run_name='__main__')\n"
+        "except SystemExit as end:\n"
+        "    print('exit', end.code)\n"
+        "print(*sorted(name for name in sys.modules if name.startswith('amf.')))\n"
+    )
+    argv = ["--input", str(SAMPLE_INPUT), "--output", str(tmp_path), "--model", str(ROOT / "model")]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    status, loaded = result.stdout.splitlines()
+    assert status == "exit 0", result.stderr
+    assert "amf.onnx_runtime" in loaded.split() and (tmp_path / writing.OUTPUT_NAME).is_file()
+    assert set(loaded.split()) & _training_modules() == set()
