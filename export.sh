@@ -35,7 +35,7 @@ IMAGE=$AMF_INVOKE_IMAGE
 if [[ ${AMF_ONNX:-0} == 1 ]]; then
     say "exporting model/ to ONNX, then rebuilding the GPU images"
     ensure_venv
-    "$VENV/bin/python" -m amf export-onnx --model "$ROOT/model"
+    "$VENV/bin/python" -m amf export-onnx --model "$ROOT/model" --crops "$ROOT/test/input"
     "$ROOT/build.sh" gpu
 fi
 

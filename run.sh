@@ -28,8 +28,8 @@ parser.add_argument("--model")
 parser.add_argument("--backend")
 args, _ = parser.parse_known_args(sys.argv[1:])
 try:
-    spec = manifest.load(args.model or predict.default_model_dir())
-    sys.exit(0 if predict.choose_backend(spec, args.backend) == "torch" else 1)
+    ensemble_manifest = manifest.load(args.model or predict.default_model_dir())
+    sys.exit(0 if predict.choose_backend(ensemble_manifest, args.backend) == "torch" else 1)
 except Exception:
     sys.exit(1)
 EOF

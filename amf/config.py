@@ -1,7 +1,8 @@
 """The training recipe: every setting that decides a trained model, with its default and checks.
 
-Light on purpose (no torch): the command line shows these defaults, `amf.runs` decides which
-settings a run uses (given, else the run folder's, else these) and `amf.train` trains with them.
+Light on purpose (no torch): the command line shows these defaults, `amf.recipes` names whole
+sets of them, `amf.runs` decides which settings a run uses (given, else a named recipe's, else
+the run folder's, else these) and `amf.train` trains with them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from amf.errors import InputError
 
-_NEUTRAL = ("workers",)  # settings that cannot change the trained weights
+_NEUTRAL = ("workers", "recipe_name")  # settings that cannot change the trained weights
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
     workers: int = 2
     seed: int = 0
+    recipe_name: str | None = None  # the named recipe (amf.recipes) these settings started from
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "teacher", tuple(self.teacher))  # a list when read from run.json

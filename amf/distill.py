@@ -41,7 +41,7 @@ class TeacherTable:
 
     ids: tuple[str, ...]
     held_out: tuple[int, ...]  # the plan fold each member did not train on
-    architectures: tuple[str, ...]
+    member_architectures: tuple[str, ...]
     scores: np.ndarray
 
     def targets(self, ids: Sequence[str], fold: int | None) -> dict[str, float]:
@@ -108,19 +108,19 @@ def teacher_table(
         ModelError: its members do not fit the plan's folds.
     """
     ids = tuple(i for fold in plan.domains[domain].folds for i in fold if i in crops)
-    held_out, architectures, scores = [], [], []
+    held_out, member_architectures, scores = [], [], []
     for teacher_dir in teachers:
         teacher = check_teacher(Path(teacher_dir), plan_sha256)
         held_out += member_folds(teacher, plan.n_folds)
         for member, fold in enumerate(teacher.folds):
-            architectures.append(teacher.architecture_of(fold))
+            member_architectures.append(teacher.architecture_of(fold))
             path = Path(cache) / f"{fold.sha256 or writing.sha256_of(Path(teacher_dir) / fold.file)}.npz"
             cached = _read(path, ids)
             if cached is None:
                 cached = _member_views(teacher, member, Path(teacher_dir), [crops[i] for i in ids])
                 _write(path, ids, cached)
             scores.append(cached)
-    return TeacherTable(ids, tuple(held_out), tuple(architectures), np.stack(scores))
+    return TeacherTable(ids, tuple(held_out), tuple(member_architectures), np.stack(scores))
 
 
 def _member_views(teacher: Manifest, member: int, teacher_dir: Path, crops: list[np.ndarray]) -> np.ndarray:

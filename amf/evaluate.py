@@ -23,7 +23,7 @@ from amf.ensemble import Ensemble
 from amf.metrics import binary_metrics, json_safe, otsu_threshold
 from amf.plan import Plan
 from amf.predict import predict_crops
-from amf.runs import OOF_PREDICTIONS, domain_ensemble, ensemble_dir, load_run, plan_samples
+from amf.runs import OOF_PREDICTIONS, domain_manifest, ensemble_dir, load_run, plan_samples
 from amf.training_data import load_crops
 
 log = logging.getLogger(__name__)
@@ -53,15 +53,15 @@ def evaluate(
     read: an ensemble with other views is assembled in memory.
     """
     plan, _ = load_run(run_dir)
-    ensembles = {name: _domain_ensemble(run_dir, name, tta) for name in plan.domains}
+    assembled = {name: _domain_manifest(run_dir, name, tta) for name in plan.domains}
     if any(split.test for split in plan.domains.values()):
-        domains = [_held_out(plan, name, *ensembles[name][:2], batch_size) for name in plan.domains]
+        domains = [_held_out_scores(plan, name, *assembled[name][:2], batch_size) for name in plan.domains]
     else:
-        domains = _out_of_fold(plan, *ensembles[next(iter(plan.domains))], by)
+        domains = _out_of_fold(plan, *assembled[next(iter(plan.domains))], by)
     report = {
         "run": str(Path(run_dir).resolve()),
         "evaluated": "held-out domains" if plan.domain_column else f"out-of-fold predictions by {by}",
-        "tta": sorted({spec.tta for _, spec, _ in ensembles.values()}),
+        "tta": sorted({m.tta for _, m, _ in assembled.values()}),
         "thresholds": THRESHOLDS,
         "domains": {d.name: _metrics(d.labels, d.scores, d.thresholds) for d in domains},
     }
@@ -78,44 +78,44 @@ def evaluate(
     return report
 
 
-def _domain_ensemble(
+def _domain_manifest(
     run_dir: Path, domain: str, tta: str | None
 ) -> tuple[Path, manifest.Manifest, list[dict[str, str]]]:
     """The domain's fold ensemble in the run folder and its out-of-fold rows: as assembled, or
     assembled again in memory when missing or served with other views."""
     folder = ensemble_dir(run_dir, domain)
     if (folder / manifest.MANIFEST_NAME).is_file() and (folder / OOF_PREDICTIONS).is_file():
-        spec = manifest.load(folder)
-        if tta in (None, spec.tta):
-            return folder, spec, writing.read_rows(folder / OOF_PREDICTIONS)
-    spec, rows = domain_ensemble(run_dir, domain, tta=tta or "none")
-    return folder, spec, rows
+        ensemble_manifest = manifest.load(folder)
+        if tta in (None, ensemble_manifest.tta):
+            return folder, ensemble_manifest, writing.read_rows(folder / OOF_PREDICTIONS)
+    ensemble_manifest, rows = domain_manifest(run_dir, domain, tta=tta or "none")
+    return folder, ensemble_manifest, rows
 
 
-def _held_out(
-    plan: Plan, domain: str, folder: Path, spec: manifest.Manifest, batch_size: int
+def _held_out_scores(
+    plan: Plan, domain: str, folder: Path, ensemble_manifest: manifest.Manifest, batch_size: int
 ) -> DomainScores:
     """The fold ensemble of `domain` on that domain's held-out crops, through its test-time views."""
     samples = plan_samples(plan)
     test = check_images([samples[i] for i in plan.domains[domain].test])
     crops = load_crops(test)
     scores = predict_crops(
-        Ensemble.load(spec, folder),
+        Ensemble.load(ensemble_manifest, folder),
         [crops[s.id] for s in test],
-        spec.input,
-        tta=spec.tta,
+        ensemble_manifest.input,
+        tta=ensemble_manifest.tta,
         batch_size=batch_size,
     )
     labels = np.array([s.label for s in test])
-    thresholds = {"otsu": otsu_threshold(scores), "fixed": spec.threshold.value}
+    thresholds = {"otsu": otsu_threshold(scores), "fixed": ensemble_manifest.threshold.value}
     return DomainScores(domain, tuple(s.id for s in test), labels, scores, thresholds)
 
 
 def _out_of_fold(
-    plan: Plan, folder: Path, spec: manifest.Manifest, rows: list[dict[str, str]], by: str
+    plan: Plan, folder: Path, ensemble_manifest: manifest.Manifest, rows: list[dict[str, str]], by: str
 ) -> list[DomainScores]:
     """The all-domains run's out-of-fold predictions, grouped by the table column `by`."""
-    fixed = spec.threshold.value
+    fixed = ensemble_manifest.threshold.value
     samples = plan_samples(plan)
     groups: dict[str, list[dict[str, str]]] = {}
     for row in rows:

@@ -148,7 +148,7 @@ class Manifest:
 def create(
     model_dir: Path,
     files: Sequence[str],
-    architectures: str | Sequence[str],
+    fold_architectures: str | Sequence[str],
     *,
     input: InputSpec,
     threshold: Threshold,
@@ -156,12 +156,14 @@ def create(
 ) -> Manifest:
     """The one way a manifest is made in code (training, assembly, fixtures, benchmarks).
 
-    Each fold file (relative to `model_dir`) is hashed; `architectures` is one name or one per
+    Each fold file (relative to `model_dir`) is hashed; `fold_architectures` is one name or one per
     file, and a fold names its own only where it differs from the first. `details` are the
     optional fields (name, description, tta, onnx, provenance). The result passes the checks a
     loaded manifest passes.
     """
-    names = [architectures] * len(files) if isinstance(architectures, str) else list(architectures)
+    names = (
+        [fold_architectures] * len(files) if isinstance(fold_architectures, str) else list(fold_architectures)
+    )
     if len(names) != len(files) or not all(_is_relative_file(file) for file in files):
         raise ModelError(f"{model_dir}: {_FOLD_FILE}, one architecture each; got {files}, {names}")
     folds = tuple(
@@ -212,10 +214,10 @@ def from_dict(data: dict[str, Any], *, source: str = "manifest") -> Manifest:
 
 def _type_problems(data: dict[str, Any]) -> list[str]:
     """JSON types and finite numbers, checked before anything is built from them."""
-    spec, threshold, folds = data["input"], data["threshold"], data["folds"]
+    input_data, threshold, folds = data["input"], data["threshold"], data["folds"]
     checks = [
         (isinstance(data["architecture"], str), "architecture must be a string"),
-        (isinstance(spec, dict), "input must be an object"),
+        (isinstance(input_data, dict), "input must be an object"),
         (isinstance(threshold, dict), "threshold must be an object"),
         (
             isinstance(folds, list) and all(isinstance(f, dict) for f in folds),
@@ -225,12 +227,12 @@ def _type_problems(data: dict[str, Any]) -> list[str]:
     checks += [(isinstance(data.get(key, ""), str), f"{key} must be a string") for key in _STRINGS]
     checks += [(isinstance(data.get("provenance", {}), dict), "provenance must be an object")]
     checks += [(False, problem) for problem in _onnx_problems(data.get("onnx"))]
-    if isinstance(spec, dict):
+    if isinstance(input_data, dict):
         checks += [
-            (_is_int(spec.get("size")), "input.size must be an integer"),
-            (_are_numbers(spec.get("mean")), "input.mean must be a list of finite numbers"),
-            (_are_numbers(spec.get("std")), "input.std must be a list of finite numbers"),
-            (isinstance(spec.get("interpolation", ""), str), "input.interpolation must be a string"),
+            (_is_int(input_data.get("size")), "input.size must be an integer"),
+            (_are_numbers(input_data.get("mean")), "input.mean must be a list of finite numbers"),
+            (_are_numbers(input_data.get("std")), "input.std must be a list of finite numbers"),
+            (isinstance(input_data.get("interpolation", ""), str), "input.interpolation must be a string"),
         ]
     if isinstance(threshold, dict):
         checks += [

@@ -1,4 +1,5 @@
-"""The model factory: the only module that imports timm.
+"""The model factory: with `amf.tf_networks` (networks it registers with timm), the only module
+that imports timm.
 
 Every network in the project, trained or served, is `create(architecture)`: a timm model with
 one output logit whose sigmoid is P(atypical).
@@ -14,17 +15,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+import amf.tf_networks  # noqa: F401  (registers the TF-padded MobileNets with timm)
 from amf import weight_packages, writing
 from amf.errors import ModelError
 from amf.manifest import INTERPOLATIONS, InputSpec
 
 log = logging.getLogger(__name__)
 
-
-# TensorFlow-trained networks (the vendored TF-slim MobileNets, amf.tflite_import) need TF's
-# "SAME" padding, which timm builds with pad_type="same"; TF-slim scales inputs to [-1, 1].
-TF_NETWORKS = {"tf_mobilenetv2_100": "mobilenetv2_100", "tf_mobilenetv1_100": "mobilenetv1_100"}
-_TF_INPUT = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear"}
 IMAGENET_CLASSES = 1000
 
 
@@ -35,7 +32,7 @@ def create(
 
     Args:
         architecture: a timm model name, optionally with a pretrained tag
-            (`efficientvit_l2.r256_in1k`), or one of TF_NETWORKS.
+            (`efficientvit_l2.r256_in1k`); `amf.tf_networks` adds the TF-padded MobileNets.
         pretrained: None for random initialisation; "hub" for timm's pretrained weights
             (downloaded once; offline, a ModelError says what to use instead); the name of a
             pinned weight package (`amf.weight_packages`, e.g. "efficientnet-lite2"); or a local
@@ -43,8 +40,7 @@ def create(
             `amf import-tflite`. The new head starts at zero, so the first steps do not push
             large random logits through the pretrained features.
     """
-    name = TF_NETWORKS.get(architecture, architecture)
-    if not timm.is_model(name.split(".")[0]):
+    if not timm.is_model(architecture.split(".")[0]):
         raise ModelError(f"unknown timm architecture {architecture!r}")
     weights = weight_packages.package(str(pretrained)) if pretrained is not None else None
     if weights is not None:
@@ -53,7 +49,7 @@ def create(
             return model  # the published classifier, for checking the conversion
         model.reset_classifier(num_classes)
     else:
-        model = _from_timm(architecture, name, pretrained, num_classes)
+        model = _from_timm(architecture, pretrained, num_classes)
         if pretrained not in (None, "hub"):
             _load_backbone(model, Path(pretrained))
     if pretrained is not None:
@@ -63,14 +59,9 @@ def create(
     return model
 
 
-def _from_timm(
-    architecture: str, name: str, pretrained: str | Path | None, num_classes: int
-) -> torch.nn.Module:
-    kwargs: dict = {"num_classes": num_classes, "pretrained": pretrained == "hub"}
-    if architecture in TF_NETWORKS:
-        kwargs["pad_type"] = "same"
+def _from_timm(architecture: str, pretrained: str | Path | None, num_classes: int) -> torch.nn.Module:
     try:
-        return timm.create_model(name, **kwargs)
+        return timm.create_model(architecture, num_classes=num_classes, pretrained=pretrained == "hub")
     except Exception as error:  # huggingface_hub, urllib and timm raise many types when offline
         if pretrained != "hub":
             raise
@@ -111,9 +102,7 @@ def _load_backbone(model: torch.nn.Module, path: Path) -> None:
 
 
 def default_input_spec(architecture: str, size: int) -> InputSpec:
-    """The architecture's own normalisation and interpolation (timm's, or TF-slim's), at `size` px."""
-    if architecture in TF_NETWORKS:
-        return InputSpec(size=size, **_TF_INPUT)
+    """The architecture's own normalisation and interpolation from its timm config, at `size` px."""
     config = timm.get_pretrained_cfg(architecture)
     cfg = config.to_dict() if config is not None else {}
     interpolation = cfg.get("interpolation", "bicubic")

@@ -114,18 +114,18 @@ def export(
     if exporter not in manifest.EXPORTERS:
         raise ModelError(f"exporter must be one of {manifest.EXPORTERS}, got {exporter!r}")
     model_dir = Path(model_dir)
-    spec = manifest.load(model_dir)
-    batch = parity_batch(crops, spec, max_crops)
-    ensemble = Ensemble.load(spec, model_dir, device=torch.device("cpu"))
+    ensemble_manifest = manifest.load(model_dir)
+    batch = parity_batch(crops, ensemble_manifest, max_crops)
+    ensemble = Ensemble.load(ensemble_manifest, model_dir, device=torch.device("cpu"))
     reference = ensemble.predict(batch)  # before the members change dtype below
     entries = {}
-    files = [fold.file for fold in spec.folds]
+    files = [fold.file for fold in ensemble_manifest.folds]
     with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=model_dir) as tmp:
         _link_files(model_dir, Path(tmp), files)  # the graphs read their weights from these
         for variant, dtype in DTYPES.items():
             path = Path(tmp) / FILES[variant]
-            networks = [spec.architecture_of(fold) for fold in spec.folds]
-            graph, used = _export_graph(ensemble.members, networks, dtype, batch, exporter, opset)
+            fold_architectures = [ensemble_manifest.architecture_of(fold) for fold in ensemble_manifest.folds]
+            graph, used = _export_graph(ensemble.members, fold_architectures, dtype, batch, exporter, opset)
             data_files = _save(graph, path, model_dir, files)
             entries[variant] = dataclasses.replace(
                 _check_parity(path, variant, batch, reference), exporter=used, data_files=data_files
@@ -133,25 +133,25 @@ def export(
         for variant in entries:
             os.replace(Path(tmp) / FILES[variant], model_dir / FILES[variant])
     record = manifest.OnnxExport(entries, opset=opset, parity_crops=len(batch), versions=_versions())
-    updated = dataclasses.replace(spec, onnx=record)
+    updated = dataclasses.replace(ensemble_manifest, onnx=record)
     manifest.save(updated, model_dir)
     log.info("exported %s; max |ONNX - PyTorch| %s", model_dir, _diffs(entries))
     return updated
 
 
-def parity_batch(crops: Path, spec: manifest.Manifest, max_crops: int) -> np.ndarray:
+def parity_batch(crops: Path, ensemble_manifest: manifest.Manifest, max_crops: int) -> np.ndarray:
     """Up to `max_crops` real crops from `crops`, prepared exactly as inference prepares them."""
     pages: list[np.ndarray] = []
     for path in stacks.discover(crops).files:
         pages += stacks.read_pages(path)
         if len(pages) >= max_crops:
             break
-    return prepare(pages[:max_crops], spec.input)
+    return prepare(pages[:max_crops], ensemble_manifest.input)
 
 
 def _export_graph(
     members: list[torch.nn.Module],
-    architectures: list[str],
+    fold_architectures: list[str],
     dtype: torch.dtype,
     batch: np.ndarray,
     exporter: str,
@@ -161,7 +161,7 @@ def _export_graph(
     example = torch.from_numpy(np.concatenate([batch, batch])[:2])  # batch 2: keeps the axis dynamic
     if exporter != "torchscript":
         try:
-            return _export_dynamo(members, architectures, dtype, example, opset), "dynamo"
+            return _export_dynamo(members, fold_architectures, dtype, example, opset), "dynamo"
         except Exception as error:  # the exporter raises many types; any of them means "try the other"
             message = f"dynamo ONNX export failed ({type(error).__name__}: {error})"
             if exporter == "dynamo":
@@ -186,7 +186,7 @@ def _export_graph(
 
 def _export_dynamo(
     members: list[torch.nn.Module],
-    architectures: list[str],
+    fold_architectures: list[str],
     dtype: torch.dtype,
     example: torch.Tensor,
     opset: int,
@@ -201,7 +201,7 @@ def _export_dynamo(
         logging.getLogger(name).setLevel(logging.WARNING)
     folds = [_Member(member, dtype) for member in members]
     traces = {}
-    for architecture, fold in zip(architectures, folds, strict=True):
+    for architecture, fold in zip(fold_architectures, folds, strict=True):
         if architecture not in traces:
             template = _Member(models.create(architecture), dtype)
             template.load_state_dict(fold.state_dict())
@@ -215,7 +215,7 @@ def _export_dynamo(
                 optimize=False,  # initializers keep the parameters' names; ONNX Runtime optimises the result
                 verbose=False,
             ).model_proto
-    return _repeat_per_fold([(traces[a], fold) for a, fold in zip(architectures, folds, strict=True)])
+    return _repeat_per_fold([(traces[a], fold) for a, fold in zip(fold_architectures, folds, strict=True)])
 
 
 def _repeat_per_fold(folds: list[tuple[onnx.ModelProto, _Member]]) -> onnx.ModelProto:

@@ -39,12 +39,12 @@ def prepare(pages: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
     return batch
 
 
-def prepared_batches(crops: Iterable[np.ndarray], spec: InputSpec, size: int) -> Iterator[np.ndarray]:
-    """`prepare`d batches of at most `size` crops, in order: every batching loop (serving, scoring,
-    validation, calibration). Each crop is resized as it arrives, so at most `size` network-sized
+def prepared_batches(crops: Iterable[np.ndarray], spec: InputSpec, batch_size: int) -> Iterator[np.ndarray]:
+    """`prepare`d batches of at most `batch_size` crops, in order: every batching loop (serving, scoring,
+    validation, calibration). Each crop is resized as it arrives, so at most `batch_size` network-sized
     crops are held, whatever the pages' size."""
     resized = (resize(crop, spec) for crop in crops)
-    while batch := list(islice(resized, size)):
+    while batch := list(islice(resized, batch_size)):
         yield prepare(batch, spec)
 
 

@@ -50,8 +50,8 @@ def quantize(model_dir: Path, calibration: list[np.ndarray], check: list[np.ndar
     if not calibration or not check:
         raise ModelError("quantisation needs calibration crops and other crops to check it on")
     model_dir = Path(model_dir)
-    ensemble = manifest.load(model_dir)
-    fp32 = ensemble.onnx.graphs.get("fp32") if ensemble.onnx else None
+    ensemble_manifest = manifest.load(model_dir)
+    fp32 = ensemble_manifest.onnx.graphs.get("fp32") if ensemble_manifest.onnx else None
     if fp32 is None:
         raise ModelError(f"{model_dir}: no fp32 ONNX graph to quantise; run `amf export-onnx` first")
     manifest.check_sha256(model_dir / fp32.file, fp32.sha256)
@@ -64,7 +64,7 @@ def quantize(model_dir: Path, calibration: list[np.ndarray], check: list[np.ndar
         quantize_static(
             str(prepared),
             str(out),
-            _Reader(calibration, ensemble),
+            _Reader(calibration, ensemble_manifest),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             reduce_range=True,
@@ -73,10 +73,12 @@ def quantize(model_dir: Path, calibration: list[np.ndarray], check: list[np.ndar
             calibrate_method=CalibrationMethod.MinMax,
         )
         out.chmod(0o644)
-        graph = _check(out, model_dir / fp32.file, check, ensemble)
+        graph = _check(out, model_dir / fp32.file, check, ensemble_manifest)
         os.replace(out, model_dir / FILE)
-    graphs = {**ensemble.onnx.graphs, "int8": graph}
-    updated = dataclasses.replace(ensemble, onnx=dataclasses.replace(ensemble.onnx, graphs=graphs))
+    graphs = {**ensemble_manifest.onnx.graphs, "int8": graph}
+    updated = dataclasses.replace(
+        ensemble_manifest, onnx=dataclasses.replace(ensemble_manifest.onnx, graphs=graphs)
+    )
     manifest.save(updated, model_dir)
     log.info(
         "%s: int8 graph calibrated on %d crops; max |int8 - fp32| %.3g on %d others",
@@ -106,13 +108,15 @@ class _Reader:
     """ONNX Runtime's calibration data reader: prepared batches of the calibration crops, each
     crop under one of the served views in turn (the graph sees every view when served)."""
 
-    def __init__(self, crops: list[np.ndarray], ensemble: manifest.Manifest) -> None:
-        self._batches = self._generate(crops, ensemble)
+    def __init__(self, crops: list[np.ndarray], ensemble_manifest: manifest.Manifest) -> None:
+        self._batches = self._generate(crops, ensemble_manifest)
 
     @staticmethod
-    def _generate(crops: list[np.ndarray], ensemble: manifest.Manifest) -> Iterator[dict[str, np.ndarray]]:
-        served = TTA_VIEWS[ensemble.tta]
-        for index, batch in enumerate(prepared_batches(crops, ensemble.input, CALIBRATION_BATCH)):
+    def _generate(
+        crops: list[np.ndarray], ensemble_manifest: manifest.Manifest
+    ) -> Iterator[dict[str, np.ndarray]]:
+        served = TTA_VIEWS[ensemble_manifest.tta]
+        for index, batch in enumerate(prepared_batches(crops, ensemble_manifest.input, CALIBRATION_BATCH)):
             yield {"crops": dihedral(batch, served[index % len(served)], axes=(-2, -1))}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -120,16 +124,17 @@ class _Reader:
 
 
 def _check(
-    int8: Path, fp32: Path, crops: list[np.ndarray], ensemble: manifest.Manifest
+    int8: Path, fp32: Path, crops: list[np.ndarray], ensemble_manifest: manifest.Manifest
 ) -> manifest.OnnxGraph:
     """The int8 graph against the fp32 graph on `crops`, as the CPU serves both."""
     sessions = [
         onnx_runtime.OnnxEnsemble(onnx_runtime.open_session(p, [onnx_runtime.CPU]), p.name)
         for p in (int8, fp32)
     ]
-    onnx_runtime.check_signature(sessions[0].session, int8, ensemble.input.size)
+    onnx_runtime.check_signature(sessions[0].session, int8, ensemble_manifest.input.size)
     scores = [
-        np.concatenate([s.predict(b) for b in prepared_batches(crops, ensemble.input, 64)]) for s in sessions
+        np.concatenate([s.predict(b) for b in prepared_batches(crops, ensemble_manifest.input, 64)])
+        for s in sessions
     ]
     difference = float(np.max(np.abs(scores[0] - scores[1])))
     if not difference <= TOLERANCE:  # also catches NaN

@@ -185,12 +185,15 @@ def load_run(run_dir: Path) -> tuple[Plan, TrainConfig]:
     return load_plan(record.plan), record.config
 
 
-def settings(run_dir: Path, given: Mapping[str, Any]) -> TrainConfig:
-    """The settings a run trains with: those given (None: not given), else the run folder's own
-    (a resumed run), else TrainConfig's defaults. `pretrained="none"` means no pretrained weights."""
+def settings(run_dir: Path, given: Mapping[str, Any], recipe: TrainConfig | None = None) -> TrainConfig:
+    """The settings a run trains with: those given (None: not given), else the named `recipe`'s
+    (amf.recipes: it sets them all), else the run folder's own (a resumed run), else TrainConfig's
+    defaults. `pretrained="none"` means no pretrained weights."""
     chosen = {name: value for name, value in given.items() if value is not None}
     if chosen.get("pretrained") == "none":
         chosen["pretrained"] = None
+    if recipe is not None:
+        return TrainConfig(**{**asdict(recipe), **chosen})
     saved = asdict(read_run(run_dir).config) if (Path(run_dir) / RUN_FILE).is_file() else {}
     return TrainConfig(**{**asdict(TrainConfig()), **saved, **chosen})
 
@@ -235,14 +238,19 @@ def assemble(
         raise InputError("an ensemble of several runs, or a refit, needs a target folder (--out)")
     combined = _combine(runs, domain, method, tta, interpolation)
     if len(runs) == 1:  # the run folder always holds its latest assembly; the manifest last
-        ensemble = _run_manifest(runs[0], combined)
+        ensemble_manifest = _run_manifest(runs[0], combined)
         writing.write_rows(ensemble_dir(runs[0], combined.domain) / OOF_PREDICTIONS, combined.oof)
-        manifest.save(ensemble, ensemble_dir(runs[0], combined.domain))
+        manifest.save(ensemble_manifest, ensemble_dir(runs[0], combined.domain))
     if target is not None:
         sources = combined.sources() if refit is None else _refit_source(refit, runs, combined)
-        ensemble = _flat_ensemble(Path(target), sources, combined, refit)
-    log.info("%s: %d folds, %s", target or runs[0], len(ensemble.folds), ensemble.threshold.method)
-    return ensemble
+        ensemble_manifest = _flat_ensemble(Path(target), sources, combined, refit)
+    log.info(
+        "%s: %d folds, %s",
+        target or runs[0],
+        len(ensemble_manifest.folds),
+        ensemble_manifest.threshold.method,
+    )
+    return ensemble_manifest
 
 
 def _flat_ensemble(
@@ -260,7 +268,8 @@ def _flat_ensemble(
         n_crops = len(combined.oof)
         fields = {
             **fields,
-            "name": f"{combined.architectures[0]}-{fields['input'].size}px-refit-{slug(combined.domain)}",
+            "name": f"{combined.fold_architectures[0]}-{fields['input'].size}px-refit-"
+            f"{slug(combined.domain)}",
             "description": f"one model trained on all {n_crops} crops; threshold and out-of-fold figures "
             f"from the {len(combined.dirs)}-fold run of the same recipe",
             "provenance": {
@@ -268,9 +277,9 @@ def _flat_ensemble(
                 "refit": json.loads((model_dir(refit, combined.domain, None) / RESULT).read_text()),
             },
         }
-    ensemble = manifest.create(target, files, [arch for _, arch in sources], **fields)
-    manifest.save(ensemble, target)
-    return ensemble
+    ensemble_manifest = manifest.create(target, files, [arch for _, arch in sources], **fields)
+    manifest.save(ensemble_manifest, target)
+    return ensemble_manifest
 
 
 def _refit_source(refit: Path, runs: list[Path], combined: _Combined) -> list[tuple[Path, str]]:
@@ -291,7 +300,7 @@ def _refit_source(refit: Path, runs: list[Path], combined: _Combined) -> list[tu
     return [(folder / member.folds[0].file, member.architecture)]
 
 
-def domain_ensemble(
+def domain_manifest(
     run_dir: Path, domain: str, *, method: str = "youden", tta: str = "none"
 ) -> tuple[Manifest, list[dict[str, Any]]]:
     """One run's domain as an ensemble of its fold folders, and the out-of-fold rows behind its
@@ -304,7 +313,7 @@ def _run_manifest(run_dir: Path, combined: _Combined) -> Manifest:
     """The manifest of a run's domain folder: its folds are the fold folders' weights."""
     files = [f"{d.name}/{m.folds[0].file}" for d, m in zip(combined.dirs, combined.members, strict=True)]
     return manifest.create(
-        ensemble_dir(run_dir, combined.domain), files, combined.architectures, **combined.fields
+        ensemble_dir(run_dir, combined.domain), files, combined.fold_architectures, **combined.fields
     )
 
 
@@ -323,7 +332,7 @@ class _Combined:
     fields: dict[str, Any]
 
     @property
-    def architectures(self) -> list[str]:
+    def fold_architectures(self) -> list[str]:
         return [member.architecture for member in self.members]
 
     def sources(self) -> list[tuple[Path, str]]:
@@ -377,7 +386,7 @@ def _combine(
         ),
         "name": f"{networks}-{members[0].input.size}px-{len(members)}fold-{slug(domain)}",
         "description": f"{len(members)}-fold ensemble trained on {Path(plan.table).name} "
-        f"({_held_out(plan, domain)})",
+        f"({_held_out_description(plan, domain)})",
         "tta": tta,
         "provenance": {
             "plan": file_record(records[0].plan),
@@ -446,7 +455,7 @@ def _bind_run(run_dir: Path, plan_path: Path, config: TrainConfig) -> None:
         writing.write_json_atomic(run_dir / RUN_FILE, {"plan": str(record.plan), "config": asdict(config)})
 
 
-def _held_out(plan: Plan, domain: str) -> str:
+def _held_out_description(plan: Plan, domain: str) -> str:
     if plan.domain_column is None:
         return "all domains, nothing held out"
     return f"{plan.domain_column} {domain!r} held out"

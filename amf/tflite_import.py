@@ -18,19 +18,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from amf import models, writing
+from amf import models, tf_networks, training_data, writing
+from amf.config import TrainConfig
 from amf.errors import ModelError
+from amf.plan import load_plan
 from amf.preprocess import prepared_batches
 
 log = logging.getLogger(__name__)
 
 FORMAT = "amf-pretrained/1"
+CALIBRATION_CROPS = 512  # crops whose statistics re-estimate batch norm (`amf import-tflite --crops`)
+IMPORTED = "pretrained"  # a run folder's imported starting weights (`for_run`)
 LICENCE = "Apache-2.0 (google-coral/test_data; resources/pretrained/LICENSE)"
 _CONV, _DEPTHWISE = "CONV_2D", "DEPTHWISE_CONV_2D"
 _DTYPES = {0: np.float32, 2: np.int32, 3: np.uint8, 9: np.int8}  # tflite.TensorType values
@@ -172,11 +177,10 @@ def import_tflite(
     size: int = 224,
     batch_size: int = 64,
 ) -> dict[str, str]:
-    """Write `source`'s weights for `architecture` (a key of models.TF_NETWORKS) to `out` as
+    """Write `source`'s weights for `architecture` (one of tf_networks.ARCHITECTURES) to `out` as
     safetensors; with `crops`, batch norm is recalibrated on them at `size` px. Returns the
     metadata stored in the file (source sha256, licence, calibration)."""
-    if architecture not in models.TF_NETWORKS:
-        raise ModelError(f"import-tflite builds {list(models.TF_NETWORKS)}, not {architecture!r}")
+    _check_architecture(architecture)
     model = models.create(architecture, num_classes=1000)
     state = to_state_dict(read_convolutions(source), model)
     model.load_state_dict(state, strict=False)
@@ -205,3 +209,25 @@ def import_tflite(
     writing.write_with(out, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
     log.info("%s -> %s (%d tensors; %s)", source, out, len(weights), calibration)
     return metadata
+
+
+def for_run(config: TrainConfig, plan_path: Path, run_dir: Path) -> TrainConfig:
+    """`config` as trained: a `.tflite` `pretrained` becomes its import, batch norm re-estimated on
+    CALIBRATION_CROPS crops of the plan's table at `config.size` (what `amf import-tflite --table
+    TABLE --size SIZE` writes), made once into RUN/pretrained/. Other settings pass unchanged."""
+    if config.pretrained is None or Path(config.pretrained).suffix != ".tflite":
+        return config
+    source = Path(config.pretrained)
+    if not source.is_file():
+        raise ModelError(f"{source}: .tflite file not found")
+    _check_architecture(config.architecture)
+    out = Path(run_dir) / IMPORTED / f"{source.stem}-{config.size}px.safetensors"
+    if not out.is_file():
+        crops = training_data.sample_crops(Path(load_plan(plan_path).table), CALIBRATION_CROPS)
+        import_tflite(source, config.architecture, out, crops=crops, size=config.size)
+    return replace(config, pretrained=str(out))
+
+
+def _check_architecture(architecture: str) -> None:
+    if architecture not in tf_networks.ARCHITECTURES:
+        raise ModelError(f"import-tflite builds {list(tf_networks.ARCHITECTURES)}, not {architecture!r}")

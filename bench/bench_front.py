@@ -82,11 +82,11 @@ def oof_accuracy(name: str, key: tuple, labels: np.ndarray, scores: np.ndarray, 
 
 def teacher_fronts(table: distill.TeacherTable, fold_of: dict, labels: np.ndarray) -> list[Accuracy]:
     """Every mix of the teachers' networks, under each view count."""
-    networks = list(dict.fromkeys(table.architectures))
+    networks = list(dict.fromkeys(table.member_architectures))
     rows = []
     for count in range(1, len(networks) + 1):
         for mix in itertools.combinations(networks, count):
-            members = [m for m, a in enumerate(table.architectures) if a in mix]
+            members = [m for m, a in enumerate(table.member_architectures) if a in mix]
             for views, tta in VIEW_SETS.items():
                 scores = table.out_of_fold(fold_of, members, TTA_VIEWS[tta])
                 name = f"{'+'.join(SHORT.get(a, a) for a in mix)}, {views} views"

@@ -32,18 +32,18 @@ KEYS = ("created", "per_input_ms", "peak")
 
 def child(model: Path, run_inputs: int) -> dict:
     """Open the session, score the stack's views in runs of `run_inputs`; times and peak RSS."""
-    spec = manifest.load(model)
-    batch = prepare(stacks.read_pages(stacks.discover(STACK).files[0]), spec.input)
+    ensemble_manifest = manifest.load(model)
+    batch = prepare(stacks.read_pages(stacks.discover(STACK).files[0]), ensemble_manifest.input)
     started = time.perf_counter()
-    ensemble = onnx_runtime.OnnxEnsemble.load(spec, model, [onnx_runtime.CPU])
+    ensemble = onnx_runtime.OnnxEnsemble.load(ensemble_manifest, model, [onnx_runtime.CPU])
     created = time.perf_counter() - started
     onnx_runtime.RUN_INPUTS = run_inputs
     seconds = []
     for _ in range(3):
         started = time.perf_counter()
-        predict.predict_views(ensemble, batch, spec.tta)
+        predict.predict_views(ensemble, batch, ensemble_manifest.tta)
         seconds.append(time.perf_counter() - started)
-    views = len(batch) * len(manifest.TTA_VIEWS[spec.tta])
+    views = len(batch) * len(manifest.TTA_VIEWS[ensemble_manifest.tta])
     return {
         "created": created,
         "per_input_ms": 1000 * statistics.median(seconds) / views,

@@ -42,7 +42,7 @@ def random_folds(folder: Path, architecture: str, size: int) -> Path:
     for fold, file in enumerate(files):
         torch.manual_seed(fold)
         models.save_weights(models.create(architecture), folder / file)
-    spec = manifest.create(
+    ensemble_manifest = manifest.create(
         folder,
         files,
         architecture,
@@ -51,7 +51,7 @@ def random_folds(folder: Path, architecture: str, size: int) -> Path:
         name=f"bench-{architecture}-{size}",
         description="Random weights, for timing only.",
     )
-    manifest.save(spec, folder)
+    manifest.save(ensemble_manifest, folder)
     return folder
 
 
@@ -61,9 +61,9 @@ def shipped_ensemble(workdir: Path, crops: Path) -> tuple[Path, str]:
     if not (baked / manifest.MANIFEST_NAME).is_file():
         folder = random_ensemble(workdir / "stand-in", *STAND_IN, crops, 16)
         return folder, f"stand-in (model/ is empty): {FOLDS} x {STAND_IN[0]} @{STAND_IN[1]} px, random"
-    spec = manifest.load(baked)
-    label = f"shipped model/: {len(spec.folds)} x {spec.architecture} @{spec.input.size} px"
-    if spec.onnx:
+    shipped = manifest.load(baked)
+    label = f"shipped model/: {len(shipped.folds)} x {shipped.architecture} @{shipped.input.size} px"
+    if shipped.onnx:
         return baked, label
     from amf import onnx_export
 

@@ -111,9 +111,15 @@ def cpu_reference(folder: Path) -> tuple[manifest.Manifest, np.ndarray, np.ndarr
     from amf.ensemble import Ensemble
     from amf.onnx_export import parity_batch
 
-    spec = manifest.load(folder)
-    batch = parity_batch(STACK, spec, 16)
-    return spec, batch, predict_views(Ensemble.load(spec, folder, torch.device("cpu")), batch, spec.tta)
+    ensemble_manifest = manifest.load(folder)
+    batch = parity_batch(STACK, ensemble_manifest, 16)
+    return (
+        ensemble_manifest,
+        batch,
+        predict_views(
+            Ensemble.load(ensemble_manifest, folder, torch.device("cpu")), batch, ensemble_manifest.tta
+        ),
+    )
 
 
 def agreement(scores: np.ndarray, reference: np.ndarray, label: str) -> tuple[bool, str]:
@@ -127,10 +133,10 @@ def check_torch_fp16(workdir: Path) -> Row:
 
     from amf.ensemble import Ensemble
 
-    spec, batch, reference = cpu_reference(BAKED_MODEL_DIR)
-    gpu = Ensemble.load(spec, BAKED_MODEL_DIR, torch.device("cuda"))
-    ok, figure = agreement(predict_views(gpu, batch, spec.tta), reference, str(gpu.dtype))
-    views = len(TTA_VIEWS[spec.tta])
+    ensemble_manifest, batch, reference = cpu_reference(BAKED_MODEL_DIR)
+    gpu = Ensemble.load(ensemble_manifest, BAKED_MODEL_DIR, torch.device("cuda"))
+    ok, figure = agreement(predict_views(gpu, batch, ensemble_manifest.tta), reference, str(gpu.dtype))
+    views = len(TTA_VIEWS[ensemble_manifest.tta])
     return verdict(ok, f"{figure} on {len(batch)} crops x {views} views", f"tolerance {TOLERANCE:g}")
 
 
@@ -141,13 +147,13 @@ def check_onnx_cuda(workdir: Path) -> Row:
     if not onnx_runtime.cuda_loads():
         return Row(FAIL, "", "ONNX Runtime's CUDA provider cannot load (it needs CUDA 13 and cuDNN 9)")
     folder, label = ensembles.shipped_ensemble(workdir, STACK)  # exports a copy when model/ has no graphs
-    spec, batch, reference = cpu_reference(folder)
+    ensemble_manifest, batch, reference = cpu_reference(folder)
     figures, ok = [], True
     for variant in ONNX_VARIANTS:
-        path = folder / spec.onnx.graphs[variant].file
+        path = folder / ensemble_manifest.onnx.graphs[variant].file
         session = onnx_runtime.open_session(path, [onnx_runtime.CUDA, onnx_runtime.CPU])
         on_cuda = session.get_providers()[0] == onnx_runtime.CUDA
-        scores = predict_views(onnx_runtime.OnnxEnsemble(session), batch, spec.tta)
+        scores = predict_views(onnx_runtime.OnnxEnsemble(session), batch, ensemble_manifest.tta)
         agrees, figure = agreement(scores, reference, variant)
         ok = ok and agrees and on_cuda
         figures.append(figure if on_cuda else f"{figure} (CUDA did not start: ran on the CPU)")

@@ -30,9 +30,11 @@ def scorer(approach: str, model_dir: Path, weights: Path) -> Callable[[list[np.n
         from reference import Reference
 
         return Reference(weights).predict
-    spec = manifest.load(model_dir)
-    predictor = predict.load_predictor(spec, model_dir, approach)
-    return lambda pages: predict.predict_views(predictor, prepare(pages, spec.input), spec.tta)
+    ensemble_manifest = manifest.load(model_dir)
+    predictor = predict.load_predictor(ensemble_manifest, model_dir, approach)
+    return lambda pages: predict.predict_views(
+        predictor, prepare(pages, ensemble_manifest.input), ensemble_manifest.tta
+    )
 
 
 def warm_seconds(run: Callable[[], object], repeats: int) -> float:
@@ -78,13 +80,16 @@ def worker(args: argparse.Namespace) -> None:
 
 def ablation(model_dir: Path, stack: Path, repeats: int) -> list[tuple[str, float, float | None]]:
     """(setting, warm s per stack, session load s) for the settings we chose between."""
-    spec = manifest.load(model_dir)
-    batch = prepare(stacks.read_pages(stacks.discover(stack).files[0]), spec.input)
-    return [*_torch_steps(spec, model_dir, batch, repeats), *_onnx_steps(spec, model_dir, batch, repeats)]
+    ensemble_manifest = manifest.load(model_dir)
+    batch = prepare(stacks.read_pages(stacks.discover(stack).files[0]), ensemble_manifest.input)
+    return [
+        *_torch_steps(ensemble_manifest, model_dir, batch, repeats),
+        *_onnx_steps(ensemble_manifest, model_dir, batch, repeats),
+    ]
 
 
 def _torch_steps(
-    spec: manifest.Manifest, model_dir: Path, batch: np.ndarray, repeats: int
+    ensemble_manifest: manifest.Manifest, model_dir: Path, batch: np.ndarray, repeats: int
 ) -> list[tuple[str, float, None]]:
     import copy
 
@@ -92,7 +97,7 @@ def _torch_steps(
 
     from amf.ensemble import Ensemble
 
-    ensemble = Ensemble.load(spec, model_dir)
+    ensemble = Ensemble.load(ensemble_manifest, model_dir)
     nchw = [copy.deepcopy(m).to(memory_format=torch.contiguous_format) for m in ensemble.members]
 
     @torch.inference_mode()
@@ -122,15 +127,15 @@ def _torch_steps(
 
 
 def _onnx_steps(
-    spec: manifest.Manifest, model_dir: Path, batch: np.ndarray, repeats: int
+    ensemble_manifest: manifest.Manifest, model_dir: Path, batch: np.ndarray, repeats: int
 ) -> list[tuple[str, float, float]]:
     import onnxruntime as ort
 
     from amf.onnx_runtime import CPU, default_providers, pick_variant
 
     providers = default_providers()
-    variants = [pick_variant(spec.onnx.graphs, on_gpu=providers[0] != CPU)]
-    if providers[0] != CPU and "fp32" in spec.onnx.graphs and variants[0] != "fp32":
+    variants = [pick_variant(ensemble_manifest.onnx.graphs, on_gpu=providers[0] != CPU)]
+    if providers[0] != CPU and "fp32" in ensemble_manifest.onnx.graphs and variants[0] != "fp32":
         variants.append("fp32")  # what fp16 buys on the GPU
     level = ort.GraphOptimizationLevel
     settings = [("off", level.ORT_DISABLE_ALL), ("basic", level.ORT_ENABLE_BASIC)]
@@ -138,7 +143,7 @@ def _onnx_steps(
     cpus = usable_cpus()
     rows = []
     for variant in variants:
-        graph = model_dir / spec.onnx.graphs[variant].file
+        graph = model_dir / ensemble_manifest.onnx.graphs[variant].file
         for name, value in settings:
             for threads in sorted({1, cpus}) if name == "all" else [cpus]:
                 options = ort.SessionOptions()

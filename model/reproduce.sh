@@ -31,32 +31,24 @@ PY=${PYTHON:-$VENV/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$WORK"
 
-# Fine-tuning the pretrained MobileNets (MODEL_CARD.md, recipe r6/r7).
-RECIPE=(--size 128 --epochs 10 --lr 1e-3 --batch-size 32 --weight-decay 0.05 --stain 0.05 --soft-labels
-    --workers 0 --seed 0)
-# From scratch (recipe r1/r4): the leave-one-domain-out report.
-SCRATCH=(--pretrained none --arch efficientvit_m0 --size 128 --epochs 15 --lr 2e-3 --batch-size 32
-    --weight-decay 0.05 --stain 0.05 --soft-labels --workers 1 --seed 0)
+# Training recipes by name: amf/recipes.py holds their settings, MODEL_CARD.md their results.
 TTA=dihedral  # test-time views: served by the container, and behind the out-of-fold threshold
-NETWORKS=(mobilenetv2:mobilenet_v2_1.0_224_quant mobilenetv1:mobilenet_v1_1.0_224_quant_embedding_extractor)
 
 "$PY" -m amf dataset --amibr "$AMIBR" --amibr-split train --by scanner --out "$WORK/amibr-train.csv"
 case $PART in
 ensemble)
     "$PY" -m amf plan --table "$WORK/amibr-train.csv" --domain all --out "$WORK/plan-all.json"
     runs=() pids=()
-    for network in "${NETWORKS[@]}"; do
-        name=${network%%:*}
-        # batch norm re-estimated on 512 training crops at the training size (amf.tflite_import)
-        "$PY" -m amf import-tflite --source "resources/pretrained/${network#*:}.tflite" --arch "tf_${name}_100" \
-            --table "$WORK/amibr-train.csv" --size 128 --out "$WORK/pretrained/$name-128.safetensors"
-        "$PY" -m amf train --plan "$WORK/plan-all.json" --out "$WORK/all-$name-128" --arch "tf_${name}_100" \
-            --pretrained "$WORK/pretrained/$name-128.safetensors" "${RECIPE[@]}" > "$WORK/all-$name-128.log" 2>&1 &
-        runs+=(--run "$WORK/all-$name-128") pids+=($!)
+    # r6, r7: the ImageNet MobileNets fine-tuned; each run first imports its .tflite graph with batch
+    # norm re-estimated on 512 training crops at the training size (amf.tflite_import.for_run)
+    for recipe in r6 r7; do
+        "$PY" -m amf train --plan "$WORK/plan-all.json" --out "$WORK/all-$recipe" --recipe "$recipe" \
+            > "$WORK/all-$recipe.log" 2>&1 &
+        runs+=(--run "$WORK/all-$recipe") pids+=($!)
     done
     for pid in "${pids[@]}"; do wait "$pid"; done  # a failed run stops the script (its log says why)
     "$PY" -m amf assemble "${runs[@]}" --out model/ --threshold youden --tta "$TTA"
-    "$PY" -m amf export-onnx --model model/  # the graphs the container serves by default
+    "$PY" -m amf export-onnx --model model/ --crops test/input  # the graphs the container serves by default
 
     # The published test split, once, through the container's own entry point.
     "$PY" -m amf dataset --amibr "$AMIBR" --amibr-split test --by scanner --out "$WORK/amibr-test.csv" \
@@ -67,8 +59,8 @@ ensemble)
     ;;
 lodo)
     "$PY" -m amf plan --table "$WORK/amibr-train.csv" --domain scanner --out "$WORK/plan-scanner.json"
-    # The card's leave-one-domain-out table was made before soft labels won (recipe r1 there).
-    "$PY" -m amf train --plan "$WORK/plan-scanner.json" --out "$WORK/scanner-m0" "${SCRATCH[@]}" --no-soft-labels
+    # The card's leave-one-domain-out table was made before soft labels won: efficientvit_m0 from scratch (r1).
+    "$PY" -m amf train --plan "$WORK/plan-scanner.json" --out "$WORK/scanner-m0" --recipe r1
     "$PY" -m amf evaluate --run "$WORK/scanner-m0" --out "$WORK/report-scanner" --tta "$TTA"
     ;;
 esac

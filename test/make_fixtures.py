@@ -69,7 +69,7 @@ def build_fixture_ensemble(folds: int = 3) -> None:
         torch.manual_seed(SEED + fold)
         files.append(f"fold{fold}.safetensors")
         models.save_weights(models.create(FIXTURE_ARCH), FIXTURE_DIR / files[-1])
-    spec = manifest.create(
+    ensemble_manifest = manifest.create(
         FIXTURE_DIR,
         files,
         FIXTURE_ARCH,
@@ -79,7 +79,7 @@ def build_fixture_ensemble(folds: int = 3) -> None:
         description=f"TEST FIXTURE: random weights, seed {SEED}; exercises the code, predicts nothing.",
         provenance={"made_by": "test/make_fixtures.py", "seed": SEED},
     )
-    manifest.save(spec, FIXTURE_DIR)
+    manifest.save(ensemble_manifest, FIXTURE_DIR)
 
 
 def build_sample_input(pages: int = 6) -> None:

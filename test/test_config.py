@@ -23,5 +23,5 @@ def test_every_bad_setting_is_named_at_once() -> None:
 
 def test_only_settings_that_change_the_weights_differ() -> None:
     saved = TrainConfig(pretrained=None)
-    assert config_differences(saved, dataclasses.replace(saved, workers=7)) == {}
+    assert config_differences(saved, dataclasses.replace(saved, workers=7, recipe_name="r4")) == {}
     assert config_differences(saved, dataclasses.replace(saved, lr=1e-3)) == {"lr": (2e-4, 1e-3)}

@@ -41,15 +41,15 @@ def _table(lodo, teacher: Path, cache: Path) -> tuple[distill.TeacherTable, dict
 
 def test_teacher_scores_are_the_members_as_served_under_each_view(lodo, teacher, tmp_path):
     table, crops = _table(lodo, teacher, tmp_path / "scores")
-    ensemble = manifest.load(teacher)
+    ensemble_manifest = manifest.load(teacher)
     assert table.scores.shape == (2, distill.VIEWS, len(table.ids))
-    assert table.held_out == (0, 1) == tuple(ensemble.provenance["held_out_folds"])
-    member = Ensemble.load(dataclasses.replace(ensemble, folds=ensemble.folds[1:]), teacher)
-    served = predict_crops(member, [crops[i] for i in table.ids], ensemble.input, tta="dihedral")
+    assert table.held_out == (0, 1) == tuple(ensemble_manifest.provenance["held_out_folds"])
+    member = Ensemble.load(dataclasses.replace(ensemble_manifest, folds=ensemble_manifest.folds[1:]), teacher)
+    served = predict_crops(member, [crops[i] for i in table.ids], ensemble_manifest.input, tta="dihedral")
     np.testing.assert_allclose(table.scores[1].mean(axis=0), served, atol=1e-6)
     assert not np.allclose(table.scores[1, 0], table.scores[1, 5])  # the views differ
     cached = sorted((tmp_path / "scores").iterdir())  # one file per member, named by its sha256
-    assert [p.stem for p in cached] == sorted(fold.sha256 for fold in ensemble.folds)
+    assert [p.stem for p in cached] == sorted(fold.sha256 for fold in ensemble_manifest.folds)
     stamps = [p.stat().st_mtime_ns for p in cached]
     assert _table(lodo, teacher, tmp_path / "scores")[0].scores.tobytes() == table.scores.tobytes()
     assert [p.stat().st_mtime_ns for p in cached] == stamps  # read back, not scored again

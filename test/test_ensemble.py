@@ -16,12 +16,14 @@ from amf.errors import ModelError
 
 
 def test_mean_of_fold_probabilities(fixture_ensemble: Path) -> None:
-    spec = manifest.load(fixture_ensemble)
+    ensemble_manifest = manifest.load(fixture_ensemble)
     batch = np.random.default_rng(0).normal(size=(5, 3, 64, 64)).astype(np.float32)
-    ensemble = Ensemble.load(spec, fixture_ensemble, torch.device("cpu"))
+    ensemble = Ensemble.load(ensemble_manifest, fixture_ensemble, torch.device("cpu"))
     expected = []
-    for fold in spec.folds:
-        model = models.load_weights(models.create(spec.architecture), fixture_ensemble / fold.file).eval()
+    for fold in ensemble_manifest.folds:
+        model = models.load_weights(
+            models.create(ensemble_manifest.architecture), fixture_ensemble / fold.file
+        ).eval()
         with torch.no_grad():
             expected.append(torch.sigmoid(model(torch.from_numpy(batch))).numpy().ravel())
     probabilities = ensemble.predict(batch)

@@ -44,7 +44,7 @@ def test_held_out_domains_report(lodo_run, tmp_path):
     assert float(alpha[0]["threshold_otsu"]) == otsu_threshold(scores)
     expected = binary_metrics(labels, scores, threshold=otsu_threshold(scores))
     assert report["domains"]["alpha"]["otsu"] == pytest.approx(expected, nan_ok=True)
-    fixed = runs.domain_ensemble(lodo_run, "alpha", tta="flips")[0].threshold.value
+    fixed = runs.domain_manifest(lodo_run, "alpha", tta="flips")[0].threshold.value
     assert report["domains"]["alpha"]["fixed"]["threshold"] == fixed
     assert report["domains"][evaluate.POOLED]["otsu"]["n"] == len(rows) == 72
     assert (

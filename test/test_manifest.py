@@ -44,25 +44,25 @@ RICH = {
 
 
 def test_every_field_survives_to_dict_json_and_from_dict() -> None:
-    spec = manifest.from_dict(RICH)
-    assert spec.input == manifest.InputSpec(48, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), "bilinear")
-    assert (spec.threshold.value, spec.tta, spec.provenance) == (0.37, "flips", RICH["provenance"])
-    assert spec.architectures == ("test_efficientnet", "test_byobnet")
-    assert [spec.architecture_of(fold) for fold in spec.folds] == ["test_efficientnet", "test_byobnet"]
-    data = spec.to_dict()
+    rich = manifest.from_dict(RICH)
+    assert rich.input == manifest.InputSpec(48, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), "bilinear")
+    assert (rich.threshold.value, rich.tta, rich.provenance) == (0.37, "flips", RICH["provenance"])
+    assert rich.architectures == ("test_efficientnet", "test_byobnet")
+    assert [rich.architecture_of(fold) for fold in rich.folds] == ["test_efficientnet", "test_byobnet"]
+    data = rich.to_dict()
     assert set(data) == set(RICH) | {"reduction", "positive_class"}
     assert "architecture" not in data["folds"][0] and data["folds"][1]["architecture"] == "test_byobnet"
     again = manifest.from_dict(json.loads(json.dumps(data)))
-    assert again == spec and again.to_dict() == data
+    assert again == rich and again.to_dict() == data
 
 
 def test_save_then_load_gives_the_same_manifest(tmp_path: Path) -> None:
-    spec = manifest.from_dict(RICH)
-    for fold in spec.folds:
+    rich = manifest.from_dict(RICH)
+    for fold in rich.folds:
         (tmp_path / fold.file).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / fold.file).write_bytes(b"weights")
-    assert manifest.save(spec, tmp_path) == tmp_path / manifest.MANIFEST_NAME
-    assert manifest.load(tmp_path) == spec
+    assert manifest.save(rich, tmp_path) == tmp_path / manifest.MANIFEST_NAME
+    assert manifest.load(tmp_path) == rich
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fold0", "fold1.safetensors", "manifest.json"]
 
 
@@ -70,7 +70,7 @@ def test_create_hashes_the_folds_and_names_only_a_differing_architecture(tmp_pat
     files = ["a.safetensors", "b.safetensors", "c.safetensors"]
     for k, name in enumerate(files):
         (tmp_path / name).write_bytes(bytes([k]) * 100)
-    spec = manifest.create(
+    created = manifest.create(
         tmp_path,
         files,
         ["test_efficientnet", "test_efficientnet", "test_byobnet"],
@@ -78,18 +78,18 @@ def test_create_hashes_the_folds_and_names_only_a_differing_architecture(tmp_pat
         threshold=manifest.Threshold(0.5, "fixed"),
         tta="flips",
     )
-    assert [fold.sha256 for fold in spec.folds] == [
+    assert [fold.sha256 for fold in created.folds] == [
         hashlib.sha256(bytes([k]) * 100).hexdigest() for k in range(3)
     ]
-    assert [fold.architecture for fold in spec.folds] == [None, None, "test_byobnet"]
-    assert ["architecture" in fold for fold in spec.to_dict()["folds"]] == [False, False, True]
-    assert spec.architecture == "test_efficientnet" and spec.tta == "flips"
+    assert [fold.architecture for fold in created.folds] == [None, None, "test_byobnet"]
+    assert ["architecture" in fold for fold in created.to_dict()["folds"]] == [False, False, True]
+    assert created.architecture == "test_efficientnet" and created.tta == "flips"
     with pytest.raises(ModelError, match="one architecture each"):
-        manifest.create(tmp_path, files, ["a", "b"], input=spec.input, threshold=spec.threshold)
+        manifest.create(tmp_path, files, ["a", "b"], input=created.input, threshold=created.threshold)
     with pytest.raises(ModelError, match="relative path"):
-        manifest.create(tmp_path, ["../a.safetensors"], "x", input=spec.input, threshold=spec.threshold)
+        manifest.create(tmp_path, ["../a.safetensors"], "x", input=created.input, threshold=created.threshold)
     with pytest.raises(ModelError, match=r"threshold\.value must be in \[0, 1\], got 1\.5"):
-        manifest.create(tmp_path, files, "x", input=spec.input, threshold=manifest.Threshold(1.5, "x"))
+        manifest.create(tmp_path, files, "x", input=created.input, threshold=manifest.Threshold(1.5, "x"))
 
 
 def test_every_problem_is_named_in_one_error_with_its_source() -> None:

@@ -15,6 +15,7 @@ import torch
 from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT
 
 from amf import manifest, models, onnx_export, onnx_runtime, writing
+from amf.__main__ import main
 from amf.ensemble import Ensemble
 from amf.errors import ModelError
 
@@ -49,10 +50,12 @@ def test_export_records_checked_graphs_in_manifest(exported: Path) -> None:
 def test_recorded_difference_is_the_one_measured_again(exported: Path) -> None:
     """max_abs_diff is what the graph, run again on the recorded provider, differs from PyTorch
     by on the parity crops (whole batch and one crop), not a bound that holds whatever it is."""
-    spec = manifest.load(exported)
-    batch = onnx_export.parity_batch(SAMPLE_INPUT, spec, max_crops=spec.onnx.parity_crops)
-    reference = Ensemble.load(spec, exported, device=torch.device("cpu")).predict(batch)
-    for variant, graph in spec.onnx.graphs.items():
+    ensemble_manifest = manifest.load(exported)
+    batch = onnx_export.parity_batch(
+        SAMPLE_INPUT, ensemble_manifest, max_crops=ensemble_manifest.onnx.parity_crops
+    )
+    reference = Ensemble.load(ensemble_manifest, exported, device=torch.device("cpu")).predict(batch)
+    for variant, graph in ensemble_manifest.onnx.graphs.items():
         session = onnx_runtime.open_session(exported / graph.file, [graph.checked_on])
         served = onnx_runtime.OnnxEnsemble(session)
         outputs = np.concatenate([served.predict(batch), served.predict(batch[:1])])
@@ -61,23 +64,26 @@ def test_recorded_difference_is_the_one_measured_again(exported: Path) -> None:
         cpu = graph.checked_on == onnx_runtime.CPU
         expected = pytest.approx(measured, rel=1e-3 if cpu else 0.5, abs=1e-9 if cpu else 1e-4)
         assert graph.max_abs_diff == expected, variant
-    assert spec.onnx.graphs["fp16"].max_abs_diff > spec.onnx.graphs["fp32"].max_abs_diff
+    assert (
+        ensemble_manifest.onnx.graphs["fp16"].max_abs_diff
+        > ensemble_manifest.onnx.graphs["fp32"].max_abs_diff
+    )
 
 
 @pytest.mark.parametrize("count", [1, 2, 6, 13])
 def test_fp32_graph_matches_pytorch_at_any_batch_size(exported: Path, count: int) -> None:
-    spec = manifest.load(exported)
-    crops = onnx_export.parity_batch(SAMPLE_INPUT, spec, max_crops=16)
+    ensemble_manifest = manifest.load(exported)
+    crops = onnx_export.parity_batch(SAMPLE_INPUT, ensemble_manifest, max_crops=16)
     batch = np.resize(crops, (count, *crops.shape[1:]))  # repeats the 6 real crops as needed
-    expected = Ensemble.load(spec, exported, device=torch.device("cpu")).predict(batch)
+    expected = Ensemble.load(ensemble_manifest, exported, device=torch.device("cpu")).predict(batch)
     predicted = _session(exported, "fp32").predict(batch)
     assert predicted.shape == (count,) and predicted.dtype == np.float64
     np.testing.assert_allclose(predicted, expected, atol=1e-5)
 
 
 def test_fp16_graph_is_close(exported: Path) -> None:
-    spec = manifest.load(exported)
-    batch = onnx_export.parity_batch(SAMPLE_INPUT, spec, max_crops=16)
+    ensemble_manifest = manifest.load(exported)
+    batch = onnx_export.parity_batch(SAMPLE_INPUT, ensemble_manifest, max_crops=16)
     np.testing.assert_allclose(
         _session(exported, "fp16").predict(batch), _session(exported, "fp32").predict(batch), atol=1e-2
     )
@@ -104,10 +110,10 @@ def test_graph_is_one_trace_per_fold_with_weights_stored_as_fp16(exported: Path)
 def test_graphs_read_their_weights_from_the_fold_files(exported: Path) -> None:
     """One copy of the weights: every weight of both graphs is ONNX external data pointing into
     its fold's safetensors file (same bytes), so each graph file is smaller than one fold."""
-    spec = manifest.load(exported)
-    folds = [fold.file for fold in spec.folds]
+    ensemble_manifest = manifest.load(exported)
+    folds = [fold.file for fold in ensemble_manifest.folds]
     for variant in ("fp32", "fp16"):
-        graph = spec.onnx.graphs[variant]
+        graph = ensemble_manifest.onnx.graphs[variant]
         assert graph.data_files == tuple(sorted(folds))
         proto = onnx.load(str(exported / graph.file), load_external_data=False)
         convolutions = {node.input[1] for node in proto.graph.node if node.op_type == "Conv"}
@@ -197,6 +203,15 @@ def test_parity_failure_writes_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     assert {path.name: path.read_bytes() for path in model_dir.iterdir()} == before
 
 
+def test_the_command_needs_crops_for_its_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """No default that exists in one place only (test/ is not in the training image): --crops is
+    required, and its omission is a usage error naming it before anything is read."""
+    with pytest.raises(SystemExit) as end:
+        main(["export-onnx", "--model", str(_copy_fixture(tmp_path))])
+    assert end.value.code == 2
+    assert "the following arguments are required: --crops" in capsys.readouterr().err
+
+
 def test_unknown_exporter_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="exporter must be one of"):
         onnx_export.export(tmp_path, SAMPLE_INPUT, exporter="tensorrt")
@@ -220,13 +235,13 @@ def test_manifest_rejects_malformed_onnx_entry(onnx: object, message: str) -> No
 @pytest.mark.slow
 def test_an_ensemble_mixing_architectures_exports_each_fold_with_its_network(tmp_path: Path) -> None:
     model_dir = _copy_fixture(tmp_path)
-    spec = manifest.load(model_dir)
+    ensemble_manifest = manifest.load(model_dir)
     torch.manual_seed(0)
     models.save_weights(models.create("test_byobnet"), model_dir / "other.safetensors")
     extra = manifest.Fold(
         "other.safetensors", writing.sha256_of(model_dir / "other.safetensors"), "test_byobnet"
     )
-    manifest.save(dataclasses.replace(spec, folds=(*spec.folds, extra)), model_dir)
+    manifest.save(dataclasses.replace(ensemble_manifest, folds=(*ensemble_manifest.folds, extra)), model_dir)
     mixed = onnx_export.export(model_dir, SAMPLE_INPUT, exporter="dynamo")
     assert mixed.architectures == ("test_efficientnet", "test_byobnet")
     batch = onnx_export.parity_batch(SAMPLE_INPUT, mixed, max_crops=16)

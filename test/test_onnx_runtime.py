@@ -133,8 +133,8 @@ def _scaled_graph(path: Path, scale: float, start: int = 0) -> onnx_runtime.Onnx
         ]
     )
     onnx.save(model, str(path))
-    spec = _manifest({"fp32": {"file": path.name}})
-    return onnx_runtime.OnnxEnsemble.load(spec, path.parent, [onnx_runtime.CPU])
+    ensemble_manifest = _manifest({"fp32": {"file": path.name}})
+    return onnx_runtime.OnnxEnsemble.load(ensemble_manifest, path.parent, [onnx_runtime.CPU])
 
 
 @pytest.mark.parametrize(
@@ -188,8 +188,10 @@ def graph_dir(tmp_path: Path) -> Path:
 
 
 def test_predicts_float64_probabilities_for_any_batch(graph_dir: Path) -> None:
-    spec = _manifest({"fp32": {"file": "graph.onnx", "sha256": writing.sha256_of(graph_dir / "graph.onnx")}})
-    ensemble = onnx_runtime.OnnxEnsemble.load(spec, graph_dir, providers=[onnx_runtime.CPU])
+    ensemble_manifest = _manifest(
+        {"fp32": {"file": "graph.onnx", "sha256": writing.sha256_of(graph_dir / "graph.onnx")}}
+    )
+    ensemble = onnx_runtime.OnnxEnsemble.load(ensemble_manifest, graph_dir, providers=[onnx_runtime.CPU])
     for count in (1, 5):
         batch = np.random.default_rng(count).normal(size=(count, 3, 16, 16)).astype(np.float32)
         predicted = ensemble.predict(batch)
@@ -198,15 +200,15 @@ def test_predicts_float64_probabilities_for_any_batch(graph_dir: Path) -> None:
 
 
 def test_missing_graph_names_the_file(graph_dir: Path) -> None:
-    spec = _manifest({"fp32": {"file": "gone.onnx"}})
+    ensemble_manifest = _manifest({"fp32": {"file": "gone.onnx"}})
     with pytest.raises(ModelError, match=r"gone\.onnx: ONNX graph \(fp32\) named in the manifest is missing"):
-        onnx_runtime.OnnxEnsemble.load(spec, graph_dir, providers=[onnx_runtime.CPU])
+        onnx_runtime.OnnxEnsemble.load(ensemble_manifest, graph_dir, providers=[onnx_runtime.CPU])
 
 
 def test_altered_graph_is_refused(graph_dir: Path) -> None:
-    spec = _manifest({"fp32": {"file": "graph.onnx", "sha256": "0" * 64}})
+    ensemble_manifest = _manifest({"fp32": {"file": "graph.onnx", "sha256": "0" * 64}})
     with pytest.raises(ModelError, match=r"graph\.onnx: sha256 differs"):
-        onnx_runtime.OnnxEnsemble.load(spec, graph_dir, providers=[onnx_runtime.CPU])
+        onnx_runtime.OnnxEnsemble.load(ensemble_manifest, graph_dir, providers=[onnx_runtime.CPU])
 
 
 def test_unreadable_graph_is_a_model_error(graph_dir: Path) -> None:
@@ -289,9 +291,9 @@ def reference(exported: Path) -> dict[str, np.ndarray]:
     from amf.ensemble import Ensemble
     from amf.preprocess import prepare
 
-    spec = manifest.load(exported)
-    batch = prepare(stacks.read_pages(stacks.discover(SAMPLE_INPUT).files[0]), spec.input)
-    ensemble = Ensemble.load(spec, exported, device=torch.device("cpu"))
+    ensemble_manifest = manifest.load(exported)
+    batch = prepare(stacks.read_pages(stacks.discover(SAMPLE_INPUT).files[0]), ensemble_manifest.input)
+    ensemble = Ensemble.load(ensemble_manifest, exported, device=torch.device("cpu"))
     return {tta: predict.predict_views(ensemble, batch, tta) for tta in manifest.TTA_VIEWS}
 
 
@@ -312,8 +314,8 @@ def test_container_run_through_each_backend(
 ) -> None:
     """Both back ends serve the manifest's test-time views: the mean over the turned batch."""
     served = Path(shutil.copytree(exported, tmp_path / "model"))
-    spec = json.loads((served / manifest.MANIFEST_NAME).read_text()) | {"tta": tta}
-    (served / manifest.MANIFEST_NAME).write_text(json.dumps(spec))
+    data = json.loads((served / manifest.MANIFEST_NAME).read_text()) | {"tta": tta}
+    (served / manifest.MANIFEST_NAME).write_text(json.dumps(data))
     result = _inference(served, tmp_path / "out", "--backend", backend)
     assert result.returncode == 0, result.stderr
     records = json.loads((tmp_path / "out" / writing.OUTPUT_NAME).read_text())

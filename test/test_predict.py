@@ -20,6 +20,7 @@ from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT, shared_data
 from make_fixtures import expected_model_dir, synthetic_crops, write_stack
 from PIL import Image
 
+import amf
 from amf import manifest, predict, stacks, writing
 
 TOLERANCE = 1e-4  # absolute, on confidences, between machines and library builds
@@ -118,8 +119,10 @@ def test_single_stack_file_with_many_pages(tmp_path: Path) -> None:
     assert predict.run(stack, tmp_path / "out", FIXTURE_ENSEMBLE, batch_size=8) == 20
     records = assert_contract(tmp_path / "out", 20, 0.5)
     assert (tmp_path / "out" / writing.CSV_NAME).read_text().count("big.tiff#") == 20
-    spec = manifest.load(FIXTURE_ENSEMBLE)
-    expected = Ensemble.load(spec, FIXTURE_ENSEMBLE).predict(prepare(list(pages), spec.input))
+    ensemble_manifest = manifest.load(FIXTURE_ENSEMBLE)
+    expected = Ensemble.load(ensemble_manifest, FIXTURE_ENSEMBLE).predict(
+        prepare(list(pages), ensemble_manifest.input)
+    )
     np.testing.assert_allclose([r["confidence"] for r in records], expected, atol=1e-6)
 
 
@@ -212,13 +215,44 @@ def test_predict_crops_averages_the_tta_views(fixture_ensemble):
     from amf.errors import InputError
     from amf.preprocess import dihedral, prepare
 
-    spec = manifest.load(fixture_ensemble)
-    ensemble = Ensemble.load(spec, fixture_ensemble)
+    ensemble_manifest = manifest.load(fixture_ensemble)
+    ensemble = Ensemble.load(ensemble_manifest, fixture_ensemble)
     crops = list(np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8))
-    plain = predict.predict_crops(ensemble, crops, spec.input, batch_size=2)
-    np.testing.assert_allclose(plain, ensemble.predict(prepare(crops, spec.input)))
-    flips = predict.predict_crops(ensemble, crops, spec.input, tta="flips")
-    views = [ensemble.predict(prepare([dihedral(c, k) for c in crops], spec.input)) for k in (0, 2, 4, 6)]
+    plain = predict.predict_crops(ensemble, crops, ensemble_manifest.input, batch_size=2)
+    np.testing.assert_allclose(plain, ensemble.predict(prepare(crops, ensemble_manifest.input)))
+    flips = predict.predict_crops(ensemble, crops, ensemble_manifest.input, tta="flips")
+    views = [
+        ensemble.predict(prepare([dihedral(c, k) for c in crops], ensemble_manifest.input))
+        for k in (0, 2, 4, 6)
+    ]
     np.testing.assert_allclose(flips, np.mean(views, axis=0))
     with pytest.raises(InputError, match="none"):
-        predict.predict_crops(ensemble, crops, spec.input, tta="all")
+        predict.predict_crops(ensemble, crops, ensemble_manifest.input, tta="all")
+
+
+def _training_modules() -> set[str]:
+    """The modules amf/__init__.py's module map lists under "Training"."""
+    section = amf.__doc__.split("\nTraining")[1].split("\n\n")[0]
+    return {f"amf.{name}" for name in re.findall(r"^    (\w+) ", section, flags=re.M)}
+
+
+def test_inference_imports_no_training_module(tmp_path: Path) -> None:
+    assert {"amf.config", "amf.dataset", "amf.models", "amf.train"} <= _training_modules()
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['inference.py', *sys.argv[1:]]\n"
+        "try:\n"
+        "    runpy.run_path('inference.py', run_name='__main__')\n"
+        "except SystemExit as end:\n"
+        "    print('exit', end.code)\n"
+        "print(*sorted(name for name in sys.modules if name.startswith('amf.')))\n"
+    )
+    argv = ["--input", str(SAMPLE_INPUT), "--output", str(tmp_path), "--model", str(ROOT / "model")]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    status, loaded = result.stdout.splitlines()
+    assert status == "exit 0", result.stderr
+    assert "amf.onnx_runtime" in loaded.split() and (tmp_path / writing.OUTPUT_NAME).is_file()
+    assert set(loaded.split()) & _training_modules() == set()

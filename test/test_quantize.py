@@ -29,16 +29,16 @@ def quantized(exported_ensemble: Path, pages: list[np.ndarray], tmp_path: Path) 
 
 
 def test_int8_graph_is_recorded_and_served_on_the_cpu(quantized: Path, pages, tmp_path: Path) -> None:
-    ensemble = manifest.load(quantized)
-    graph = ensemble.onnx.graphs["int8"]
+    ensemble_manifest = manifest.load(quantized)
+    graph = ensemble_manifest.onnx.graphs["int8"]
     assert graph.file == quantize.FILE and graph.sha256 == manifest.sha256_of(quantized / graph.file)
     assert 0 <= graph.max_abs_diff <= quantize.TOLERANCE
-    assert set(ensemble.onnx.graphs) == {"fp32", "fp16", "int8"}  # the others stay
-    int8 = onnx_runtime.OnnxEnsemble.load(ensemble, quantized, [onnx_runtime.CPU])
+    assert set(ensemble_manifest.onnx.graphs) == {"fp32", "fp16", "int8"}  # the others stay
+    int8 = onnx_runtime.OnnxEnsemble.load(ensemble_manifest, quantized, [onnx_runtime.CPU])
     assert int8.name.endswith(quantize.FILE)
     ops = {node.op_type for node in onnx.load(str(quantized / graph.file)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    batch = prepare(pages, ensemble.input)
+    batch = prepare(pages, ensemble_manifest.input)
     fp32 = onnx_runtime.OnnxEnsemble(
         onnx_runtime.open_session(quantized / "ensemble.fp32.onnx", [onnx_runtime.CPU])
     )

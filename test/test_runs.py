@@ -37,8 +37,8 @@ def _copy_run(lodo, tmp_path):
 def test_finished_run_is_a_set_of_ensembles(lodo):
     root, plan_path, _ = lodo
     for domain in ("alpha", "beta"):
-        spec = manifest.load(root / "run" / domain)
-        assert [f.file for f in spec.folds] == ["fold0/weights.safetensors", "fold1/weights.safetensors"]
+        assembled = manifest.load(root / "run" / domain)
+        assert [f.file for f in assembled.folds] == ["fold0/weights.safetensors", "fold1/weights.safetensors"]
     assert runs.run_plan(plan_path, root / "run", TINY) == []
 
 
@@ -58,7 +58,7 @@ def test_assembled_folder_serves_with_the_oof_threshold(lodo, tmp_path):
     root, _, _ = lodo
     run = _copy_run(lodo, tmp_path)  # assembling rewrites the run's own manifest
     target = tmp_path / "model"
-    ensemble = runs.assemble(run, "beta", target)
+    assembled = runs.assemble(run, "beta", target)
     assert sorted(p.name for p in target.iterdir()) == [
         "fold0.safetensors",
         "fold1.safetensors",
@@ -67,14 +67,16 @@ def test_assembled_folder_serves_with_the_oof_threshold(lodo, tmp_path):
     oof = read_rows(run / "beta" / runs.OOF_PREDICTIONS)
     labels = np.array([int(r["label"]) for r in oof])
     scores = np.array([float(r["p_atypical"]) for r in oof])
-    assert ensemble.threshold.value == youden_threshold(labels, scores)
-    assert ensemble.threshold.method == f"youden on {len(oof)} out-of-fold predictions, test-time views: none"
-    assert ensemble.tta == "none"
-    assert ensemble.provenance["training"][0]["architecture"] == TINY.architecture
-    assert str(tmp_path.parents[1]) not in json.dumps(ensemble.to_dict())  # no machine's paths
-    assert manifest.load(target) == ensemble
+    assert assembled.threshold.value == youden_threshold(labels, scores)
+    assert (
+        assembled.threshold.method == f"youden on {len(oof)} out-of-fold predictions, test-time views: none"
+    )
+    assert assembled.tta == "none"
+    assert assembled.provenance["training"][0]["architecture"] == TINY.architecture
+    assert str(tmp_path.parents[1]) not in json.dumps(assembled.to_dict())  # no machine's paths
+    assert manifest.load(target) == assembled
     in_run = manifest.load(run / "beta")  # the run folder follows its latest assembly
-    assert (in_run.threshold, in_run.tta) == (ensemble.threshold, ensemble.tta)
+    assert (in_run.threshold, in_run.tta) == (assembled.threshold, assembled.tta)
     crops = root / "crops" / "alpha"
     assert predict.run(crops, tmp_path / "out", target) == len(list(crops.iterdir()))
     assert runs.assemble(run, "beta", tmp_path / "otsu", method="otsu").threshold.method.startswith("otsu")
@@ -86,9 +88,9 @@ def test_assembling_with_test_time_views_rescores_each_fold_as_served(lodo, tmp_
     """The threshold of a TTA ensemble is chosen on out-of-fold scores made through the same views."""
     run = _copy_run(lodo, tmp_path)
     plain = read_rows(run / "beta" / runs.OOF_PREDICTIONS)
-    ensemble = runs.assemble(run, "beta", tta="flips")
-    assert ensemble == manifest.load(run / "beta") and ensemble.tta == "flips"
-    assert ensemble.threshold.method.endswith("test-time views: flips")
+    assembled = runs.assemble(run, "beta", tta="flips")
+    assert assembled == manifest.load(run / "beta") and assembled.tta == "flips"
+    assert assembled.threshold.method.endswith("test-time views: flips")
     rows = read_rows(run / "beta" / runs.OOF_PREDICTIONS)
     assert [r["id"] for r in rows] == [r["id"] for r in plain]
     fold_dir = run / "beta" / "fold1"
@@ -101,7 +103,7 @@ def test_assembling_with_test_time_views_rescores_each_fold_as_served(lodo, tmp_
     np.testing.assert_allclose([rescored[i] for i in ids], served, rtol=1e-6)
     scores = np.array([float(r["p_atypical"]) for r in rows])
     assert not np.allclose(scores, [float(r["p_atypical"]) for r in plain])
-    assert ensemble.threshold.value == youden_threshold(np.array([int(r["label"]) for r in rows]), scores)
+    assert assembled.threshold.value == youden_threshold(np.array([int(r["label"]) for r in rows]), scores)
 
 
 @pytest.mark.slow
@@ -111,13 +113,16 @@ def test_runs_of_two_architectures_make_one_mixed_ensemble(lodo, tmp_path):
     byobnet = dataclasses.replace(TINY, architecture="test_byobnet")
     runs.run_plan(plan_path, tmp_path / "byobnet", byobnet, domain="beta")
     target = tmp_path / "mixed"
-    ensemble = runs.assemble([root / "run", tmp_path / "byobnet"], "beta", target)
-    assert ensemble.architectures == (TINY.architecture, "test_byobnet")
-    assert [ensemble.architecture_of(f) for f in ensemble.folds] == [TINY.architecture] * 2 + [
+    assembled = runs.assemble([root / "run", tmp_path / "byobnet"], "beta", target)
+    assert assembled.architectures == (TINY.architecture, "test_byobnet")
+    assert [assembled.architecture_of(f) for f in assembled.folds] == [TINY.architecture] * 2 + [
         "test_byobnet"
     ] * 2
-    assert ensemble.name == "test_efficientnet+test_byobnet-32px-4fold-beta"
-    assert [r["architecture"] for r in ensemble.provenance["training"]] == [TINY.architecture, "test_byobnet"]
+    assert assembled.name == "test_efficientnet+test_byobnet-32px-4fold-beta"
+    assert [r["architecture"] for r in assembled.provenance["training"]] == [
+        TINY.architecture,
+        "test_byobnet",
+    ]
     first = {r["id"]: float(r["p_atypical"]) for r in read_rows(root / "run" / "beta" / runs.OOF_PREDICTIONS)}
     second = {
         r["id"]: float(r["p_atypical"])
@@ -125,9 +130,9 @@ def test_runs_of_two_architectures_make_one_mixed_ensemble(lodo, tmp_path):
     }
     mixed = np.array([(first[i] + second[i]) / 2 for i in first])
     labels = np.array([int(r["label"]) for r in read_rows(root / "run" / "beta" / runs.OOF_PREDICTIONS)])
-    assert ensemble.threshold.value == youden_threshold(labels, mixed)
+    assert assembled.threshold.value == youden_threshold(labels, mixed)
     served = manifest.load(target)
-    assert served == ensemble
+    assert served == assembled
     crops = root / "crops" / "alpha"
     assert predict.run(crops, tmp_path / "out", target) == len(list(crops.iterdir()))
     wider = dataclasses.replace(TINY, size=40)

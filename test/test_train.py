@@ -33,13 +33,15 @@ def test_trained_folder_is_an_ensemble_the_container_loads(samples, tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {
         "weights.safetensors", "manifest.json", "metrics.csv", "val_predictions.csv", "result.json"
     }  # fmt: skip
-    spec = manifest.load(tmp_path)
-    assert spec.architecture == "test_efficientnet" and spec.input.size == 32
-    assert spec.provenance["config"] == {**dataclasses.asdict(TINY), "teacher": []}
+    ensemble_manifest = manifest.load(tmp_path)
+    assert ensemble_manifest.architecture == "test_efficientnet" and ensemble_manifest.input.size == 32
+    assert ensemble_manifest.provenance["config"] == {**dataclasses.asdict(TINY), "teacher": []}
     rows = writing.read_rows(tmp_path / train.VAL_PREDICTIONS)
     assert [r["id"] for r in rows] == [s.id for s in val_samples]
     crops = training_data.load_crops(val_samples)
-    served = Ensemble.load(spec, tmp_path).predict(prepare([crops[s.id] for s in val_samples], spec.input))
+    served = Ensemble.load(ensemble_manifest, tmp_path).predict(
+        prepare([crops[s.id] for s in val_samples], ensemble_manifest.input)
+    )
     np.testing.assert_allclose([float(r["p_atypical"]) for r in rows], served, rtol=1e-6)
     assert len(writing.read_rows(tmp_path / train.METRICS)) == TINY.epochs
     assert result["validation"]["roc_auc"] > 0.5 and result["n_train"] == 24
