@@ -96,12 +96,14 @@ def teacher_table(
     plan_sha256: str,
     domain: str,
     crops: dict[str, np.ndarray],
-    cache: Path,
+    cache: Path | None,
 ) -> TeacherTable:
     """Every member of the ensembles in `teachers` on every crop of `domain`, under all views.
 
     Each member's scores are kept in `cache` (a folder, one file per member weights' sha256), so
     a student of other settings, or of another mix of the same members, scores nothing twice.
+    Without a cache each member scores only the crops of the fold it held out (zero elsewhere):
+    all that out-of-fold figures need, at 1/n_folds of the work; such a table teaches no student.
 
     Raises:
         InputError: a teacher was assembled on another plan.
@@ -111,9 +113,14 @@ def teacher_table(
     held_out, member_architectures, scores = [], [], []
     for teacher_dir in teachers:
         teacher = check_teacher(Path(teacher_dir), plan_sha256)
-        held_out += member_folds(teacher, plan.n_folds)
-        for member, fold in enumerate(teacher.folds):
+        folds = member_folds(teacher, plan.n_folds)
+        held_out += folds
+        for member, (fold, k) in enumerate(zip(teacher.folds, folds, strict=True)):
             member_architectures.append(teacher.architecture_of(fold))
+            if cache is None:
+                held = set(plan.domains[domain].folds[k])
+                scores.append(_held_out_views(teacher, member, Path(teacher_dir), ids, crops, held))
+                continue
             path = Path(cache) / f"{fold.sha256 or writing.sha256_of(Path(teacher_dir) / fold.file)}.npz"
             cached = _read(path, ids)
             if cached is None:
@@ -121,6 +128,21 @@ def teacher_table(
                 _write(path, ids, cached)
             scores.append(cached)
     return TeacherTable(ids, tuple(held_out), tuple(member_architectures), np.stack(scores))
+
+
+def _held_out_views(
+    teacher: Manifest,
+    member: int,
+    teacher_dir: Path,
+    ids: tuple[str, ...],
+    crops: dict[str, np.ndarray],
+    held: set[str],
+) -> np.ndarray:
+    """(VIEWS, crops) of one member on the crops it held out, zero on the others."""
+    columns = [c for c, i in enumerate(ids) if i in held]
+    scores = np.zeros((VIEWS, len(ids)), np.float32)
+    scores[:, columns] = _member_views(teacher, member, teacher_dir, [crops[ids[c]] for c in columns])
+    return scores
 
 
 def _member_views(teacher: Manifest, member: int, teacher_dir: Path, crops: list[np.ndarray]) -> np.ndarray:

@@ -77,6 +77,19 @@ def test_out_of_fold_scores_are_each_folds_own_validation_predictions(lodo, teac
             assert oof[row["id"]] == pytest.approx(float(row["p_atypical"]), abs=1e-6)
 
 
+def test_without_a_cache_only_held_out_crops_are_scored_and_out_of_fold_is_the_same(lodo, teacher, tmp_path):
+    full, _ = _table(lodo, teacher, tmp_path / "scores")
+    held, _ = _table(lodo, teacher, None)
+    plan = load_plan(lodo[1])
+    fold_of = {i: k for k, ids in enumerate(plan.domains["beta"].folds) for i in ids}
+    scored = np.array([[fold_of[i] == k for i in held.ids] for k in held.held_out])
+    assert (held.scores != 0).any(axis=1).tolist() == scored.tolist()  # nothing else scored
+    for views in ([0], list(range(distill.VIEWS))):
+        np.testing.assert_allclose(
+            held.out_of_fold(fold_of, [0, 1], views), full.out_of_fold(fold_of, [0, 1], views), atol=1e-7
+        )
+
+
 def test_student_run_trains_on_the_teachers_targets(lodo, teacher, tmp_path, monkeypatch):
     seen = []
     train = runs.train
