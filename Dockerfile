@@ -1,9 +1,9 @@
 # grand-challenge inference images, MIDOG 2025 Track 2, in both of the platform's API methods
-# (README.md, "Container"; docs/invoke.md). ./build.sh builds all four, ./test.sh runs each the
+# (docs/container.md; docs/invoke.md). ./build.sh builds all four, ./test.sh runs each the
 # way grand-challenge does, ./export.sh packs the GPU invoke image (or, with --exec, gpu) to upload.
 #
 #   cpu         docker build --target cpu .   exec mode on python:3.11-slim-bookworm +
-#               requirements-serve.txt: ONNX Runtime on the CPU and no torch, a fraction of the
+#               requirements.txt: ONNX Runtime on the CPU and no torch, a fraction of the
 #               GPU image's size. It serves the ONNX graphs the manifest names (AMF_BACKEND=onnx:
 #               an ensemble without graphs is refused with one error line instead of reaching
 #               for a torch that is not there). `python inference.py` reads /input, writes
@@ -52,9 +52,9 @@ WORKDIR /opt/app
 
 # Requirements before code, so a code change reuses this layer. PIP_BREAK_SYSTEM_PACKAGES: the
 # stand-in base's Debian Python is marked externally managed (PEP 668); the official image is not.
-COPY requirements-serve.txt ./
+COPY requirements.txt ./
 RUN PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore python -m pip install --no-cache-dir \
-        --requirement requirements-serve.txt \
+        --requirement requirements.txt \
     && python -c "import onnxruntime; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
 
 # Weights baked in (model/manifest.json, folds and ONNX graphs): the organisers re-ran containers

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the container images (README.md, "Container").
+# Build the container images (docs/container.md).
 #
 #   ./build.sh              every image, everything ./test.sh checks (same as `all`):
 #                             $AMF_CPU_IMAGE   (default amf-cpu:latest)    Dockerfile --target cpu: ONNX Runtime, no torch
@@ -52,20 +52,20 @@ real_base() {
     echo "$base"
 }
 
-# The serving pins of requirements-serve.txt and requirements-gpu.txt must agree (the GPU file
+# The serving pins of requirements.txt and requirements-gpu.txt must agree (the GPU file
 # repeats them with onnxruntime-gpu for onnxruntime): both images then serve with the same
 # numpy, Pillow and ONNX Runtime release.
 check_pins() {
     local pins line name gpu
     # An assignment, not `done < <(grep ...)`, whose failure bash would ignore: no pins is an error.
-    pins=$(grep -E '^[A-Za-z0-9_.-]+==' "$ROOT/requirements-serve.txt") \
-        || die "requirements-serve.txt pins no package (name==version)"
+    pins=$(grep -E '^[A-Za-z0-9_.-]+==' "$ROOT/requirements.txt") \
+        || die "requirements.txt pins no package (name==version)"
     while read -r line; do
         name=${line%%==*}
         [[ $name == onnxruntime ]] && name=onnxruntime-gpu
         gpu=$(grep -iE "^$name==" "$ROOT/requirements-gpu.txt" || true)
         [[ ${gpu#*==} == "${line#*==}" ]] \
-            || die "requirements-gpu.txt must pin $name==${line#*==} as requirements-serve.txt does (it has '${gpu:-nothing}')"
+            || die "requirements-gpu.txt must pin $name==${line#*==} as requirements.txt does (it has '${gpu:-nothing}')"
     done <<<"$pins"
 }
 
@@ -93,7 +93,7 @@ choose_base() {
             || echo ", the same torch from this machine's wheels")): proves the Dockerfile's steps, the requirements," \
             "the non-root user, paths, mounts and the no-network contract; not the real base's Python and" \
             "libraries$([[ $kind == cpu ]] || echo " nor CUDA/GPU behaviour"), so an image for real use must be" \
-            "built from the real base (README.md)"
+            "built from the real base (docs/container.md)"
         echo "$base"
     else
         die "cannot pull $real with docker; pull or load it, or set $([[ $kind == cpu ]] && echo AMF_CPU_BASE_IMAGE || echo AMF_BASE_IMAGE)"

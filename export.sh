@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Write the grand-challenge upload (README.md, "Container"; docs/invoke.md):
+# Write the grand-challenge upload (docs/container.md; docs/invoke.md):
 #   build/amf-invoke.tar.gz   the GPU image in invoke mode ($AMF_INVOKE_IMAGE, amf-invoke:latest), the
 #                             default: the model loads once per container, not once per stack
 #   build/amf-exec.tar.gz     with --exec: the GPU image in exec mode ($AMF_IMAGE, amf:latest)
@@ -31,7 +31,7 @@ IMAGE=$AMF_INVOKE_IMAGE
 # Optional step, AMF_ONNX=1 ./export.sh: export model/ to ONNX again (after retraining it, say).
 # Writes model/ensemble.fp32.onnx and .fp16.onnx, each checked against the PyTorch ensemble and
 # recorded in model/manifest.json (python -m amf export-onnx), then rebuilds the GPU images so that they
-# bake them in. Without it, model/ ships as committed (README.md, "ONNX export").
+# bake them in. Without it, model/ ships as committed (docs/onnx.md).
 if [[ ${AMF_ONNX:-0} == 1 ]]; then
     say "exporting model/ to ONNX, then rebuilding the GPU images"
     ensure_venv
@@ -45,7 +45,7 @@ image_exists "$IMAGE" || die "no image $IMAGE: run ./build.sh first"
 base=$(image_base "$IMAGE")
 if [[ $base == *amf-standin* && $allow_standin == 0 ]]; then
     die "$IMAGE was built on the local stand-in base $base; build it from the real base" \
-        "(docker build --platform=linux/amd64, README.md) before uploading"
+        "(docker build --platform=linux/amd64, docs/container.md) before uploading"
 fi
 [[ -f $ROOT/model/manifest.json ]] || die "model/ holds no ensemble (model/manifest.json): nothing to upload"
 

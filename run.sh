@@ -6,7 +6,7 @@
 #   ./run.sh -m amf <command> ...       training, evaluation, export: `python -m amf`
 #
 # Runs inference.py, exactly the CPU image's entry point, with the same arguments, in .venv-serve:
-# ONNX Runtime, numpy and Pillow from requirements-serve.txt, no torch (created on first use in
+# ONNX Runtime, numpy and Pillow from requirements.txt, no torch (created on first use in
 # seconds). An ensemble whose manifest names no ONNX graph, or `--backend torch` /
 # AMF_BACKEND=torch, needs PyTorch: then it runs in .venv (requirements-dev.txt, minutes the first
 # time), as `-m amf` commands always do.

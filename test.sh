@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run both inference images the way grand-challenge does and check what they write, then the
-# training image's command line, then the unit tests (README.md, "Container"). One line per
+# training image's command line, then the unit tests (docs/container.md). One line per
 # check: PASS / FAIL <check>: reason / SKIP <check>: reason. The inference checks run once per
 # image: cpu/<check> on $AMF_CPU_IMAGE (ONNX Runtime, no torch), gpu/<check> on $AMF_IMAGE; a
 # missing image (the training one included) is a failure. The `harness` check first tests this

@@ -469,7 +469,7 @@ def _score(args: argparse.Namespace) -> None:
 
 
 WORKFLOW = """\
-order of work (README.md, "Training"; model/reproduce.sh runs it end to end):
+order of work (docs/training.md; model/reproduce.sh runs it end to end):
   dataset -> plan -> [import-tflite] -> train -> assemble -> export-onnx -> predict
   evaluate reports a trained run; score grades a container's outputs.
 

@@ -15,7 +15,7 @@ The dynamo exporter traces one fold of each architecture per variant, and the en
 that trace repeated with each fold's weights: tracing all the folds at once took about five
 times as long, the exporter's cost growing with the size of the graph. Both graphs are saved
 unoptimised: a graph pre-optimised by ONNX Runtime (batch norms folded into the convolutions)
-opened faster (README.md, "ONNX export"), but its folded weights are no longer fp16 values, so
+opened faster (docs/onnx.md), but its folded weights are no longer fp16 values, so
 it was twice the size: a 10-fold ensemble of MobileNets would have needed about 110 MB, over
 the 100 MB a file may have on GitHub.
 

@@ -10,7 +10,7 @@ As the evaluator: each output must hold one dict per crop with `class` in {norma
 and a float `confidence`; the predicted class comes from `class`; sensitivity, specificity,
 balanced accuracy, accuracy and ROC AUC pooled over all crops and per tumour domain.
 
-The score behind ROC AUC: `--confidence p-atypical` (the contract in docs/challenge.md) uses
+The score behind ROC AUC: `--confidence p-atypical` (the output contract, docs/input-output.md) uses
 `confidence` as is; `winning-class` uses `confidence if class == atypical else 1 - confidence`,
 which is what the stored version of the organisers' evaluate.py computes.
 """

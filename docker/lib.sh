@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Shared by build.sh, test.sh and export.sh (sourced, after `set -euo pipefail` and ROOT=...):
 # which container engine to use, the image names, the local Python environment, and the
-# package-source mounts a podman build needs on our CI machines. See README.md, "Container".
+# package-source mounts a podman build needs on our CI machines. See docs/container.md.
 
 # `set -e` also inside $(...): a failing step in a command substitution fails its caller instead
 # of handing on half a result (bash clears -e there by default).
@@ -23,7 +23,7 @@ invoke_name() {
 AMF_INVOKE_IMAGE="${AMF_INVOKE_IMAGE:-$(invoke_name "$AMF_IMAGE")}"
 AMF_CPU_INVOKE_IMAGE="${AMF_CPU_INVOKE_IMAGE:-$(invoke_name "$AMF_CPU_IMAGE")}"
 VENV="$ROOT/.venv"             # requirements-dev.txt: training, export, tests
-SERVE_VENV="$ROOT/.venv-serve" # requirements-serve.txt: inference.py through ONNX Runtime, no torch
+SERVE_VENV="$ROOT/.venv-serve" # requirements.txt: inference.py through ONNX Runtime, no torch
 
 say() { printf '[amf] %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -128,7 +128,7 @@ requirement_files() {
 ensure_venv() { prepare_venv "$VENV" requirements-dev.txt "minutes when torch is missing"; }
 
 # The serving environment of ./run.sh: inference.py through ONNX Runtime, no torch.
-ensure_serve_venv() { prepare_venv "$SERVE_VENV" requirements-serve.txt "seconds: no torch"; }
+ensure_serve_venv() { prepare_venv "$SERVE_VENV" requirements.txt "seconds: no torch"; }
 
 # Fills PIP_MOUNTS with `podman build --volume` options that let pip inside a build use this
 # machine's package sources: its wheel folders and indexes (read-only, same paths), a pip.conf

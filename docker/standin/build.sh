@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build (once) a local stand-in for one of the Dockerfile's pinned bases with podman, for machines
-# that cannot pull it, and print its name (README.md, "Container").
+# that cannot pull it, and print its name (docs/container.md).
 #
 #   docker/standin/build.sh python    stand-in for python:3.11-slim-bookworm (the CPU image's base):
 #                                     Debian 12 (debootstrap, minbase) + python3 + pip, imported
