@@ -1,6 +1,6 @@
 """Check a predictions file against the challenge contract and, optionally, a reference.
 
-Used by test.sh on every container run. Contract (../shared/docs/challenge.md): a JSON list with
+Used by test.sh on every container run. Contract (docs/input-output.md): a JSON list with
 one {"class", "confidence"} object per input page, class "normal" or "atypical", confidence a
 JSON float in [0, 1] (P(atypical)), never NaN; with --model, class must follow that ensemble's
 threshold. Against --expected: the same classes and confidences within --atol. With
