@@ -19,6 +19,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -55,9 +56,7 @@ def discover(input_path: Path) -> Job:
 
     The input path itself may be a link (the user named it); nothing found below it may lead out.
     """
-    if not Path(input_path).exists():
-        raise InputError(f"{input_path}: no such file or folder")
-    root = Path(input_path).resolve()
+    root = _real_path(Path(input_path))
     if root.is_file():
         return Job(files=(root,), root=root.parent, grand_challenge=False)
     if not root.is_dir():
@@ -81,12 +80,28 @@ def _crop_files(root: Path) -> Iterator[Path]:
 
 def _confined(path: Path, root: Path) -> Path:
     """`path` as a regular file whose real location is inside `root`, else InputError."""
-    real = path.resolve()
+    real = _real_path(path)
     if not real.is_relative_to(root):
         raise InputError(f"{path}: leads outside the input folder {root} (link or '..'); not read")
     if not real.is_file():
         raise InputError(f"{path}: not a regular file")
     return path
+
+
+def _real_path(path: Path) -> Path:
+    """The real location of `path`, every link followed; a loop or a link to nothing is an InputError.
+
+    `Path.resolve()` raises RuntimeError for a loop on Python 3.11 (OSError on newer ones).
+    """
+    try:
+        return path.resolve(strict=True)
+    except FileNotFoundError:
+        kind = "a link to nothing" if path.is_symlink() else "no such file or folder"
+        raise InputError(f"{path}: {kind}; not read") from None
+    except RuntimeError:
+        raise InputError(f"{path}: a link loop; not read") from None
+    except OSError as error:  # ELOOP on newer Pythons, EACCES, ...
+        raise InputError(f"{path}: cannot follow its links ({error.strerror}); not read") from None
 
 
 def _grand_challenge_stack(root: Path) -> Path:
@@ -104,7 +119,7 @@ def _grand_challenge_stack(root: Path) -> Path:
 
 def _interface_folder(inputs_file: Path, root: Path) -> str:
     """The socket's `relative_path` from `inputs.json`, checked to be a plain relative path."""
-    if not inputs_file.exists():
+    if not inputs_file.exists() and not inputs_file.is_symlink():  # a link loop: _confined says so
         raise InputError(f"{inputs_file}: missing; the grand-challenge layout needs it")
     if _confined(inputs_file, root).stat().st_size > MAX_INPUTS_JSON_BYTES:
         raise InputError(f"{inputs_file}: larger than {MAX_INPUTS_JSON_BYTES} bytes; not a socket list")
@@ -128,10 +143,12 @@ def _interface_folder(inputs_file: Path, root: Path) -> str:
 
 def _confined_folder(folder: Path, root: Path, named_by: Path) -> Path:
     """`folder` when it is a folder whose real location is inside `root`, else InputError."""
-    if not folder.resolve().is_relative_to(root):
+    if not folder.exists() and not folder.is_symlink():
+        raise InputError(f"{folder}: interface folder named in {named_by} is missing")
+    if not _real_path(folder).is_relative_to(root):
         raise InputError(f"{folder}: folder named in {named_by} leads outside the input folder; not read")
     if not folder.is_dir():
-        raise InputError(f"{folder}: interface folder named in {named_by} is missing")
+        raise InputError(f"{folder}: interface folder named in {named_by} is not a folder")
     return folder
 
 
@@ -164,19 +181,33 @@ def count_pages(path: Path) -> int:
 
 
 def _pillow_pages(path: Path) -> Iterator[np.ndarray]:
-    with warnings.catch_warnings():  # our own pixel limit, checked below, is the lower one
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with _pillow_warnings_to_debug(path):
         image = Image.open(path, formats=PILLOW_FORMATS)
     with image:
         pages = getattr(image, "n_frames", 1)
         _check_pages(path, pages)
         for index in range(pages):
-            image.seek(index)
-            _check_pixels(path, index, *image.size)
-            page = image
-            if page.mode in _CONVERT_TO_RGB:
-                page = page.convert("RGBA" if "A" in page.mode or "a" in page.mode else "RGB")
-            yield np.asarray(page)
+            with _pillow_warnings_to_debug(path):
+                image.seek(index)
+                _check_pixels(path, index, *image.size)
+                page = image
+                if page.mode in _CONVERT_TO_RGB:
+                    page = page.convert("RGBA" if "A" in page.mode or "a" in page.mode else "RGB")
+                array = np.asarray(page)
+            yield array
+
+
+@contextmanager
+def _pillow_warnings_to_debug(path: Path) -> Iterator[None]:
+    """Pillow's warnings (corrupt EXIF, a decompression bomb below our own, lower pixel limit)
+    go to the debug log: the file is then read or refused, and a refusal stays one line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for warning in caught:
+                log.debug("%s: Pillow warned: %s", path, warning.message)
 
 
 def _mha_pages(path: Path) -> Iterator[np.ndarray]:

@@ -17,8 +17,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def assert_one_error_line(result: subprocess.CompletedProcess, message: str) -> None:
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    not_progress = [line for line in result.stderr.splitlines() if not line.startswith("INFO ")]
     assert result.returncode == 2, result.stderr
-    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert not_progress == errors and len(errors) == 1, result.stderr  # no warning, no traceback
     assert re.search(message, errors[0]), (message, errors[0])
 
 

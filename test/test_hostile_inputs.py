@@ -47,7 +47,7 @@ def gc_input(root: Path, relative_path: object = f"images/{stacks.SLUG}", stack:
     return root
 
 
-def sitk_mha(path: Path, array: np.ndarray, *, vector: bool = True) -> Path:
+def sitk_write(path: Path, array: np.ndarray, *, vector: bool = True) -> Path:
     sitk.WriteImage(sitk.GetImageFromArray(array, isVector=vector), str(path), True)
     return path
 
@@ -67,6 +67,19 @@ def single(name: str, write: Callable[[Path], object]) -> Callable[[Path], Path]
 def linked(tmp: Path, target: Path, link: Path) -> None:
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(target)
+
+
+def looped(link: Path) -> Path:
+    """A link to itself: resolving it never ends."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(link)
+    return link
+
+
+def hop_out(tmp: Path) -> Path:
+    """A link outside the input folder to the outside crop: a link to a link that leads out."""
+    linked(tmp, outside(tmp), tmp / "hop.png")
+    return tmp / "hop.png"
 
 
 def outside(tmp: Path) -> Path:
@@ -148,6 +161,19 @@ INPUT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
         gc_with(lambda t, r: (r / "images" / stacks.SLUG / "stack.tif").mkdir(), stack=False),
         r"stack\.tif: not a regular file",
     ),
+    "stack links to itself": (
+        gc_with(lambda t, r: looped(r / "images" / stacks.SLUG / "stack.tif"), stack=False),
+        r"stack\.tif: a link loop",
+    ),
+    "stack links to nothing": (
+        gc_with(lambda t, r: linked(t, r / "gone.tif", r / "images" / stacks.SLUG / "x.tif"), stack=False),
+        r"x\.tif: a link to nothing",
+    ),
+    "interface folder links to itself": (
+        gc_with(lambda t, r: looped(r / "loop"), relative_path="loop"),
+        r"loop: a link loop",
+    ),
+    "input folder links to itself": (lambda tmp: looped(tmp / "in"), r"in: a link loop"),
     "no stack file": (gc_with(lambda t, r: None, stack=False), r"cropouts: no stack file"),
     "two stack files": (
         gc_with(
@@ -159,6 +185,15 @@ INPUT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     ),
     "crop links out": (
         lambda tmp: single("a.png", lambda p: linked(tmp, outside(tmp), p))(tmp),
+        r"a\.png: leads outside",
+    ),
+    "crop links to itself": (single("self.tiff", looped), r"self\.tiff: a link loop"),
+    "crop links to nothing": (
+        single("gone.png", lambda p: linked(p.parent, p.parent / "nothing.png", p)),
+        r"gone\.png: a link to nothing",
+    ),
+    "crop links to a link out": (
+        lambda tmp: single("a.png", lambda p: linked(tmp, hop_out(tmp), p))(tmp),
         r"a\.png: leads outside",
     ),
     "crop links to a device": (
@@ -195,12 +230,16 @@ INPUT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
         single("f.tif", lambda p: tiff_page(p, np.full((16, 16), 1.5, np.float32))),
         r"f\.tif page 0: float pixels must lie in \[0, 1\]",
     ),
+    "float RGB TIFF (Pillow cannot decode it)": (
+        single("f.tif", lambda p: sitk_write(p, np.full((16, 16, 3), 0.5, np.float32))),
+        r"f\.tif: cannot read image",
+    ),
     "float page NaN": (
-        single("n.mha", lambda p: sitk_mha(p, np.full((16, 16), np.nan, np.float32), vector=False)),
+        single("n.mha", lambda p: sitk_write(p, np.full((16, 16), np.nan, np.float32), vector=False)),
         r"n\.mha page 0: page contains NaN",
     ),
     "negative integers": (
-        single("neg.mha", lambda p: sitk_mha(p, np.full((16, 16), -5, np.int16), vector=False)),
+        single("neg.mha", lambda p: sitk_write(p, np.full((16, 16), -5, np.int16), vector=False)),
         r"neg\.mha page 0: integer pixels must lie in 0-65535",
     ),
     "mha data elsewhere": (
@@ -212,7 +251,7 @@ INPUT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
         r"x\.mha: pixel data in another file",
     ),
     "mha RGB crop as 3-D gray": (
-        single("rgb.mha", lambda p: sitk_mha(p, crop(), vector=False)),
+        single("rgb.mha", lambda p: sitk_write(p, crop(), vector=False)),
         r"rgb\.mha: a 3-D gray image 3 pixels wide looks like one RGB crop",
     ),
     "mha 4-D": (
@@ -307,8 +346,8 @@ def test_float_and_16_bit_pages_read_like_their_8_bit_twin(tmp_path: Path) -> No
     folder = tmp_path / "in"
     folder.mkdir()
     Image.fromarray(page).save(folder / "a_uint8.png")
-    sitk_mha(folder / "b_float.mha", page.astype(np.float32) / 255.0)
-    sitk_mha(folder / "c_uint16.mha", page.astype(np.uint16) * 257)
+    sitk_write(folder / "b_float.mha", page.astype(np.float32) / 255.0)
+    sitk_write(folder / "c_uint16.mha", page.astype(np.uint16) * 257)
     predict.run(folder, tmp_path / "out", FIXTURE_ENSEMBLE)
     records = json.loads((tmp_path / "out" / writing.OUTPUT_NAME).read_text())
     assert [r["confidence"] for r in records] == [records[0]["confidence"]] * 3
@@ -316,10 +355,10 @@ def test_float_and_16_bit_pages_read_like_their_8_bit_twin(tmp_path: Path) -> No
 
 def test_mha_pages_and_channels_follow_the_header(tmp_path: Path) -> None:
     """One RGB crop saved with channels is one page; a 3-D RGB stack is one page per z slice."""
-    sitk_mha(tmp_path / "one.mha", crop(1))
+    sitk_write(tmp_path / "one.mha", crop(1))
     assert len(stacks.read_pages(tmp_path / "one.mha")) == 1
     stack = np.stack([crop(k) for k in range(3)])
-    sitk_mha(tmp_path / "stack.mha", stack)
+    sitk_write(tmp_path / "stack.mha", stack)
     np.testing.assert_array_equal(np.stack(stacks.read_pages(tmp_path / "stack.mha")), stack)
     array = (np.arange(2 * 9 * 7, dtype=">u2").reshape(2, 9, 7) * 300).astype(">u2")
     data = array.tobytes()

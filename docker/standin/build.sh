@@ -22,7 +22,8 @@ source "$ROOT/docker/lib.sh"
 
 SUITE=bookworm
 PACKAGES=python3,python3-pip,python-is-python3,ca-certificates
-MIRROR="${AMF_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# debootstrap's own default mirror unless AMF_DEBIAN_MIRROR names one (a local mirror or proxy)
+MIRROR=(${AMF_DEBIAN_MIRROR:+"$AMF_DEBIAN_MIRROR"})
 
 short_hash() { sha256sum | cut -c1-12; }
 
@@ -48,10 +49,10 @@ python_standin() {
     tree=$(mktemp -d /var/tmp/amf-standin.XXXXXX)
     # shellcheck disable=SC2064 # the folder's name is fixed now
     trap "rm -rf '$tree'" EXIT
-    say "debootstrap $SUITE from $MIRROR into the python stand-in base (about 1 minute)"
+    say "debootstrap $SUITE${MIRROR:+ from $MIRROR} into the python stand-in base (about 1 minute)"
     local start=$SECONDS
     logged "$ROOT/build/podman/debootstrap.log" debootstrap --variant=minbase --include="$PACKAGES" \
-        "$SUITE" "$tree" "$MIRROR" || die "debootstrap failed (is the Debian mirror $MIRROR reachable?)"
+        "$SUITE" "$tree" "${MIRROR[@]}" || die "debootstrap failed (is the Debian archive reachable? see the log)"
     trim_tree "$tree"
     tar -C "$tree" -c . | engine import --quiet --change 'ENV LANG=C.UTF-8' --change 'CMD ["python"]' \
         - "$image" >/dev/null || die "podman could not import the debootstrap tree"
