@@ -87,10 +87,11 @@ open(sys.argv[1], "w").write(json.dumps([status, wall, peak]))
 
 
 def heading(title: str) -> list[str]:
-    """A report's first lines: what was measured, on how many CPUs and when, and the command."""
+    """A report's first lines: what was measured, on which machine (CPU model, cores) and when,
+    and the command: our machines of one kind differ in CPU model from day to day."""
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return [
-        f"{title}; {platform.machine()}, {usable_cpus()} CPUs, {when}.",
+        f"{title}; {machine()}, {when}.",
         f"Command: `python {' '.join(sys.argv)}`",
         "",
     ]
