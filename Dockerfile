@@ -36,11 +36,15 @@ ARG EXEC_STAGE=gpu
 FROM --platform=linux/amd64 ${CPU_BASE_IMAGE} AS cpu
 
 # No network at run time: nothing may reach for the Hugging Face hub (the same settings in both
-# images, though only the PyTorch back end could). No .pyc written at run time (the sources are
-# compiled below, as root). ONNX Runtime is this image's only back end.
+# images, though only the PyTorch back end could), and ONNX Runtime's telemetry is off in every
+# process, the build's own import check below included, which would otherwise leave a device id
+# and an event cache in the image (amf/__init__.py says why; test_no_packet_leaves_a_long_run).
+# No .pyc written at run time (the sources are compiled below, as root). ONNX Runtime is this
+# image's only back end.
 ENV HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     AMF_BACKEND=onnx
@@ -79,6 +83,7 @@ FROM --platform=linux/amd64 ${BASE_IMAGE} AS gpu
 ENV HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 

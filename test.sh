@@ -141,6 +141,7 @@ check_image_config() {
     [[ $config == *"|/opt/app|"* ]] || { echo "WORKDIR is not /opt/app: $config"; return 1; }
     [[ ${config// /} == *'["python","inference.py"]'* ]] || { echo "entry point is not python inference.py"; return 1; }
     [[ $config == *HF_HUB_OFFLINE=1* ]] || { echo "HF_HUB_OFFLINE=1 is not set"; return 1; }
+    [[ $config == *ORT_DISABLE_TELEMETRY=1* ]] || { echo "ORT_DISABLE_TELEMETRY=1 is not set"; return 1; }
     local method
     method=$(engine image inspect --format '{{ index .Config.Labels "org.grand-challenge.api-method" }}' "$(image)")
     [[ $method == exec ]] || { echo "label org.grand-challenge.api-method is '$method', not exec"; return 1; }

@@ -40,4 +40,13 @@ Training (torch, timm, scikit-learn)
 `python -m amf <command>` (__main__) maps each command to one of these.
 """
 
+import os
+
+# ONNX Runtime's Linux wheels (1.31) upload usage telemetry to mobile.events.data.microsoft.com
+# and keep a device id and an event cache under ~/.cache, unless ORT_DISABLE_TELEMETRY is set when
+# ONNX Runtime creates its environment: it is read once then, before any session, and latched
+# (onnxruntime.disable_telemetry_events() leaves the uploader running). Every entry point imports
+# this package before onnxruntime, so this is the one place that switches it off (docs/input-output.md).
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import amf  # noqa: E402, F401  (before any test imports onnxruntime: it switches ONNX Runtime's telemetry off)
 
 SHARED = ROOT.parent / "shared"
 FIXTURE_ENSEMBLE = ROOT / "test" / "fixtures" / "ensemble"
