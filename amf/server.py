@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socketserver
 import sys
 import time
 from http import HTTPStatus
@@ -45,6 +46,12 @@ class InvokeServer(HTTPServer):
         self.output_dir = output_dir
         self.batch_size = batch_size
         self.ensemble: predict.LoadedEnsemble | None = None
+
+    def server_bind(self) -> None:
+        """HTTPServer's bind without its `socket.getfqdn(host)`: a name lookup (reverse DNS for an
+        interface address) that nothing here needs, from a process that sends no packet."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
 
     def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
         """A client that hung up before its answer (a health call that timed out while the ensemble

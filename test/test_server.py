@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from test_hostile_inputs import INPUT_CASES
 from test_predict import assert_contract
 
 from amf import manifest, writing
+from amf.server import InvokeServer
 
 START_TIMEOUT_S = 120  # the torch back end's imports on a loaded 2-core machine
 SERVING = re.compile(r"serving .* on 127\.0\.0\.1:(\d+)$")
@@ -115,6 +117,16 @@ def test_hostile_input_fails_that_task_only(server: Server, tmp_path: Path, case
     assert errors == [f"ERROR amf.server: {body['error']}"] and "\n" not in body["error"]
     assert not any("Traceback" in line for line in new_lines)
     assert server.invoke(SAMPLE_INPUT, tmp_path / "valid")[::2] == (201, [writing.OUTPUT_NAME])
+
+
+def test_binding_looks_up_no_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """HTTPServer's bind asks socket.getfqdn for its host: a DNS query on a real interface."""
+    monkeypatch.setattr(socket, "getfqdn", lambda *_: pytest.fail("socket.getfqdn called"))
+    bound = InvokeServer(("127.0.0.1", 0), tmp_path / "in", tmp_path / "out", batch_size=16)
+    try:
+        assert bound.server_name == "127.0.0.1" and bound.server_port > 0
+    finally:
+        bound.server_close()
 
 
 def test_sigterm_ends_the_process_within_5_s(tmp_path: Path) -> None:
