@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 
 from amf.errors import AmfError
-from amf.manifest import EXPORTERS, INTERPOLATIONS, TTA_VIEWS
+from amf.manifest import EXPORTERS, INTERPOLATIONS, TTA_VIEWS, Manifest
 from amf.predict import BACKENDS, BATCH_SIZE
 from amf.server import HOST, PORT
 
@@ -396,6 +396,29 @@ def _assemble(args: argparse.Namespace) -> None:
         refit=args.refit,
         interpolation=args.interpolation,
     )
+    _print_out_of_fold(ensemble_manifest)
+
+
+def add_views(commands: argparse._SubParsersAction) -> None:
+    parser = _command(
+        commands,
+        "views",
+        "serve an assembled ensemble with other test-time views, threshold chosen again out of fold",
+    )
+    parser.add_argument("--model", type=Path, required=True, help="assembled folder; its manifest changes")
+    parser.add_argument("--plan", type=Path, required=True, help="the plan it was assembled on (amf plan)")
+    parser.add_argument("--tta", choices=list(TTA_VIEWS), required=True, help="the test-time views to serve")
+    parser.add_argument("--threshold", default="youden", help="youden, otsu or a number")
+    parser.set_defaults(handler=_views)
+
+
+def _views(args: argparse.Namespace) -> None:
+    from amf import runs
+
+    _print_out_of_fold(runs.change_views(args.model, args.plan, args.tta, args.threshold))
+
+
+def _print_out_of_fold(ensemble_manifest: Manifest) -> None:
     oof = ensemble_manifest.provenance["out_of_fold"]
     print(
         f"{ensemble_manifest.name}: threshold {ensemble_manifest.threshold.value:.4f} "
@@ -480,6 +503,7 @@ examples:
   amf plan --table runs/train.csv --domain all --out runs/plan.json
   amf train --plan runs/plan.json --out runs/all --recipe r4    # a named recipe: amf/recipes.py
   amf assemble --run runs/all --out model/ --tta dihedral
+  amf views --model model/ --plan runs/plan.json --tta mirror  # cheaper views, threshold chosen again
   amf export-onnx --model model/ --crops test/input
 """
 
@@ -496,6 +520,7 @@ COMMANDS = {
     "import-tflite": add_import_tflite,
     "train": add_train,
     "assemble": add_assemble,
+    "views": add_views,
     "evaluate": add_evaluate,
     "score": add_score,
 }

@@ -29,7 +29,7 @@ from amf.config import TrainConfig, config_differences
 from amf.dataset import Sample, check_images, load_table
 from amf.ensemble import Ensemble
 from amf.errors import InputError, ModelError
-from amf.manifest import Manifest, Threshold
+from amf.manifest import TTA_VIEWS, Manifest, Threshold
 from amf.metrics import binary_metrics, choose_threshold
 from amf.plan import Plan, load_plan, slug
 from amf.predict import predict_crops
@@ -253,6 +253,38 @@ def assemble(
     return ensemble_manifest
 
 
+def change_views(model: Path, plan_path: Path, tta: str, method: str = "youden") -> Manifest:
+    """Serve an assembled ensemble with other test-time views, its threshold and out-of-fold
+    figures chosen again for them; only `manifest.json` changes.
+
+    What `assemble --tta` would give from the runs, without them: each member scores, through
+    every view, the crops of the fold it held out (amf.distill), so an ensemble can move along the
+    accuracy-cost front (bench/bench_front.py) after its training folders are gone.
+    """
+    served = manifest.load(model)
+    domain = served.provenance.get("domain", "all")
+    plan = load_plan(plan_path)
+    samples = plan_samples(plan)
+    crops = load_crops(check_images(list(samples.values()), strict=True))
+    table = distill.teacher_table([model], plan, writing.sha256_of(plan_path), domain, crops, None)
+    fold_of = {i: k for k, ids in enumerate(plan.domains[domain].folds) for i in ids}
+    scores = table.out_of_fold(fold_of, range(len(served.folds)), TTA_VIEWS[tta])
+    labels = np.array([samples[i].label for i in table.ids])
+    try:
+        threshold = choose_threshold(method, labels, scores)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    changed = replace(
+        served,
+        tta=tta,
+        threshold=_threshold(threshold, method, len(labels), tta),
+        provenance={**served.provenance, "out_of_fold": binary_metrics(labels, scores, threshold=threshold)},
+    )
+    manifest.save(changed, model)
+    log.info("%s: served with views %s, %s", model, tta, changed.threshold.method)
+    return changed
+
+
 def _flat_ensemble(
     target: Path, sources: list[tuple[Path, str]], combined: _Combined, refit: Path | None
 ) -> Manifest:
@@ -381,9 +413,7 @@ def _combine(
     networks = "+".join(dict.fromkeys(member.architecture for member in members))
     fields = {
         "input": members[0].input,
-        "threshold": Threshold(
-            threshold, f"{method} on {len(oof)} out-of-fold predictions, test-time views: {tta}"
-        ),
+        "threshold": _threshold(threshold, method, len(oof), tta),
         "name": f"{networks}-{members[0].input.size}px-{len(members)}fold-{slug(domain)}",
         "description": f"{len(members)}-fold ensemble trained on {Path(plan.table).name} "
         f"({_held_out_description(plan, domain)})",
@@ -401,6 +431,10 @@ def _combine(
         },
     }
     return _Combined(domain, dirs, members, oof, fields)
+
+
+def _threshold(value: float, method: str, n: int, tta: str) -> Threshold:
+    return Threshold(value, f"{method} on {n} out-of-fold predictions, test-time views: {tta}")
 
 
 def _inputs(dirs: list[Path], members: list[Manifest]) -> str:

@@ -106,6 +106,28 @@ def test_assembling_with_test_time_views_rescores_each_fold_as_served(lodo, tmp_
     assert assembled.threshold.value == youden_threshold(np.array([int(r["label"]) for r in rows]), scores)
 
 
+def test_changing_the_views_of_an_assembled_folder_is_assembling_with_them(lodo, tmp_path):
+    """`amf views` gives, from the folder alone, the threshold and out-of-fold figures that
+    assembling the runs with those views gives; only the manifest changes."""
+    _, plan_path, _ = lodo
+    run = _copy_run(lodo, tmp_path)
+    target = tmp_path / "model"
+    plain = runs.assemble(run, "beta", target)
+    with_flips = runs.assemble(run, "beta", tmp_path / "flips", tta="flips")
+    weights = {p.name: p.read_bytes() for p in target.glob("*.safetensors")}
+    changed = runs.change_views(target, plan_path, "flips")
+    assert changed == manifest.load(target) and changed.tta == "flips"
+    assert changed.threshold.method == with_flips.threshold.method != plain.threshold.method
+    assert changed.threshold.value == pytest.approx(with_flips.threshold.value, abs=1e-6)
+    for figure in ("roc_auc", "balanced_accuracy", "tp", "fp"):
+        expected = with_flips.provenance["out_of_fold"][figure]
+        assert changed.provenance["out_of_fold"][figure] == pytest.approx(expected, abs=1e-6)
+    assert dataclasses.replace(changed, tta="none", threshold=plain.threshold, provenance={}) == (
+        dataclasses.replace(plain, provenance={})
+    )
+    assert weights == {p.name: p.read_bytes() for p in target.glob("*.safetensors")}
+
+
 @pytest.mark.slow
 def test_runs_of_two_architectures_make_one_mixed_ensemble(lodo, tmp_path):
     """Both runs' folds serve together; each crop's OOF score is the mean of its two fold models."""
