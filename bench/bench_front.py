@@ -3,9 +3,9 @@
 Accuracy, on the card's 5-fold plan of the AMi-Br training split (never the test split):
 
 - teacher ensembles: every mix of the teachers' networks under 1, 2, 4 or 8 dihedral views, from
-  each member's scores on every crop (amf.distill's cache): a crop is scored by the members that
-  never saw it. Fewer folds of the same networks score the same out of fold (each crop is scored
-  by one model per network whatever the fold count), so only their cost is listed;
+  each member's scores on the crops of the fold it held out (amf.distill.teacher_table without a
+  cache): a crop is scored by the members that never saw it, one per network. A mix of fewer
+  networks is also an ensemble of fewer folds (5 per network);
 - the student: its cross-validation run's folds on their validation crops, fp32 and int8
   (each fold exported and quantised, calibrated on that fold's training crops), 1 and 2 views.
 
@@ -15,8 +15,8 @@ organisers' reference approach (bench/reference.py) in the same run: ms per crop
 the served path reads (graph plus the fold files it reads its weights from).
 
 Usage:
-    python bench/bench_front.py --plan PLAN --scores DIR --teacher DIR [--teacher DIR ...]
-        --student-run RUN --student DIR [--out FILE] [--plot FILE]
+    python bench/bench_front.py --plan PLAN --teacher DIR [--teacher DIR ...]
+        [--student-run RUN --student DIR] [--out FILE] [--plot FILE]
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
+import os
 import shutil
 import statistics
 import sys
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_folder import folder_of
-from bench_inference import AMIBR_PATCHES, STACK, emit, heading, run_child
+from bench_inference import AMIBR_PATCHES, STACK, emit, heading, log, run_child
 from reference import save_random_weights
 
 from amf import distill, manifest, onnx_export, quantize, writing  # noqa: E402
@@ -142,6 +144,27 @@ def fp32_only(served: manifest.Manifest) -> manifest.Manifest:
     return replace(served, onnx=replace(served.onnx, graphs=graphs))
 
 
+def mix_folder(teachers: list[Path], networks: frozenset, target: Path) -> Path:
+    """The teachers' members of `networks` in one folder, exported (for its cost: the threshold is
+    the first teacher's and the input its spec; crops here are never resized)."""
+    target.mkdir(parents=True)
+    files, fold_architectures = [], []
+    for teacher in teachers:
+        served = manifest.load(teacher)
+        for fold in served.folds:
+            if served.architecture_of(fold) in networks:
+                files.append(f"fold{len(files)}.safetensors")
+                (target / files[-1]).hardlink_to(teacher / fold.file)
+                fold_architectures.append(served.architecture_of(fold))
+    first = manifest.load(teachers[0])
+    threshold = manifest.Threshold(first.threshold.value, "the first teacher's (cost only)")
+    manifest.save(
+        manifest.create(target, files, fold_architectures, input=first.input, threshold=threshold), target
+    )
+    onnx_export.export(target, STACK)
+    return target
+
+
 def served_megabytes(folder: Path) -> float:
     """What the CPU path reads: its graph and the fold files that graph reads weights from."""
     served = manifest.load(folder)
@@ -150,17 +173,23 @@ def served_megabytes(folder: Path) -> float:
     return sum((folder / f).stat().st_size for f in files) / 1e6
 
 
-def served_folders(args: argparse.Namespace, work: Path) -> dict[str, tuple[tuple, Path]]:
+def served_folders(
+    args: argparse.Namespace, networks: list[str], work: Path
+) -> dict[str, tuple[tuple, Path]]:
     """The folders whose cost is measured, by name, with the Accuracy key of their OOF figures:
-    each teacher folder and the union of all, 8 and 1 views; the student fp32 and int8, 1 and 2."""
+    every mix of the teachers' networks under every view count; the student fp32 and int8, 1 and 2
+    views when one is given."""
     folders = {}
-    for folder in [args.union, *args.teacher]:
-        networks = frozenset(manifest.load(folder).architectures)
-        for views in (8, 1):
-            tta = VIEW_SETS[views]
-            target = work / f"{folder.name}-{views}"
-            name = f"{folder.name} ({len(manifest.load(folder).folds)} folds), {views} views"
-            folders[name] = ((networks, views), linked(folder, target, lambda m, t=tta: replace(m, tta=t)))
+    for count in range(1, len(networks) + 1):
+        for mix in itertools.combinations(networks, count):
+            mixed = mix_folder(args.teacher, frozenset(mix), work / "+".join(mix))
+            label = f"{'+'.join(SHORT.get(a, a) for a in mix)} ({len(manifest.load(mixed).folds)} folds)"
+            for views, tta in VIEW_SETS.items():
+                target = work / f"{mixed.name}-{views}"
+                change = lambda m, t=tta: replace(m, tta=t)  # noqa: E731
+                folders[f"{label}, {views} views"] = ((frozenset(mix), views), linked(mixed, target, change))
+    if args.student is None:
+        return folders
     for views in (1, 2):
         tta = VIEW_SETS[views]
         for precision in ("fp32", "int8"):
@@ -193,8 +222,10 @@ def measure_costs(
         for name in list(commands) if round_ % 2 == 0 else list(reversed(commands)):
             wall, peak, _ = run_child([*commands[name], "--input", str(STACK), *out], work)
             cold[name].append((wall, peak))
+            log.info("round %d/%d: %s cold %.1f s, %.0f MiB", round_ + 1, rounds, name, wall, peak)
     costs = []
     for name, command in commands.items():
+        log.info("steady folder rate of %s", name)
         key, folder = folders.get(name, ((), None))
         walls, peaks = zip(*cold[name], strict=True)
         size = served_megabytes(folder) if folder else 0.0
@@ -232,7 +263,8 @@ def plot(rows: list[tuple[Cost, Accuracy]], reference_ms: float, path: Path) -> 
         axes.annotate(cost.name, point, fontsize=7, xytext=(4, 3), textcoords="offset points")
     axes.axvline(reference_ms, color="grey", linestyle="--", label="organisers' reference approach (cost)")
     axes.set(xscale="log", xlabel="ms per crop, folder run on 2 CPU cores", ylabel="out-of-fold ROC AUC")
-    axes.set_title("Accuracy against cost of served folders (teachers: dots, distilled student: stars)")
+    students = any(cost.name.startswith("student") for cost, _ in rows)
+    axes.set_title("Accuracy against cost of served folders" + (" (students: stars)" if students else ""))
     axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -241,38 +273,41 @@ def plot(rows: list[tuple[Cost, Accuracy]], reference_ms: float, path: Path) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plan", type=Path, required=True, help="the teachers' and student's 5-fold plan")
-    parser.add_argument("--scores", type=Path, required=True, help="amf.distill's per-member score cache")
     parser.add_argument(
         "--teacher", type=Path, action="append", required=True, help="teacher ensemble folder"
     )
-    parser.add_argument("--union", type=Path, required=True, help="every teacher member in one served folder")
-    parser.add_argument("--student-run", type=Path, required=True, help="the student's cross-validation run")
-    parser.add_argument(
-        "--student", type=Path, required=True, help="the served student (with its int8 graph)"
-    )
+    parser.add_argument("--student-run", type=Path, help="the student's cross-validation run")
+    parser.add_argument("--student", type=Path, help="the served student (with its int8 graph)")
     parser.add_argument("--rounds", type=int, default=3, help="cold starts of each, alternated")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    load_before = os.getloadavg()[0]
 
     plan = load_plan(args.plan)
     samples = plan_samples(plan)
     crops = load_crops(list(samples.values()))
     fold_of = {i: k for k, ids in enumerate(plan.domains["all"].folds) for i in ids}
-    table = distill.teacher_table(args.teacher, plan, writing.sha256_of(args.plan), "all", crops, args.scores)
+    table = distill.teacher_table(args.teacher, plan, writing.sha256_of(args.plan), "all", crops, None)
     labels = np.array([samples[i].label for i in table.ids])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         accuracy = teacher_fronts(table, fold_of, labels)
-        accuracy += student_fronts(
-            args.student_run, plan, crops, {i: s.label for i, s in samples.items()}, work
-        )
+        if args.student_run:
+            label_of = {i: s.label for i, s in samples.items()}
+            accuracy += student_fronts(args.student_run, plan, crops, label_of, work)
+        networks = list(dict.fromkeys(table.member_architectures))
         images = sorted(AMIBR_PATCHES.rglob("*.png"))
-        costs = measure_costs(served_folders(args, work / "served"), images, args.rounds, work / "cost")
-    report(args, accuracy, costs, read_run(args.student_run).config)
+        folders = served_folders(args, networks, work / "served")
+        costs = measure_costs(folders, images, args.rounds, work / "cost")
+    student_config = read_run(args.student_run).config if args.student_run else None
+    report(args, accuracy, costs, student_config, load_before)
 
 
-def report(args: argparse.Namespace, accuracy: list[Accuracy], costs: list[Cost], student_config) -> None:
+def report(
+    args: argparse.Namespace, accuracy: list[Accuracy], costs: list[Cost], student_config, load_before: float
+) -> None:
     best = max(accuracy, key=lambda row: row.auroc)
     by_key = {row.key: row for row in accuracy}
     reference = next(c for c in costs if c.name == "reference approach")
@@ -282,7 +317,11 @@ def report(args: argparse.Namespace, accuracy: list[Accuracy], costs: list[Cost]
     lines = [
         *heading("Accuracy-cost front (out of fold on the 5-fold plan; cost of served folders)"),
         f"Best out of fold: {best.name}, ROC AUC {best.auroc:.4f}. The cheapest served folder "
-        f"within 0.005 of it: **{cheapest}**. Student recipe: `{json.dumps(asdict(student_config))}`.",
+        f"within 0.005 of it: **{cheapest}**. "
+        + (f"Student recipe: `{json.dumps(asdict(student_config))}`." if student_config else "No student."),
+        "",
+        f"Load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end: the "
+        "costs were measured beside other work when it is high (cold starts alternated with the reference).",
         "",
         "| served (`python inference.py`, 2 CPUs) | OOF ROC AUC | OOF BA | ms per crop | crops/s | "
         "cold start s (x ref.) | peak RSS MiB (x ref.) | MB read |",
