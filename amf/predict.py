@@ -119,10 +119,12 @@ def run(
 ) -> int:
     """Classify every crop under `input_path` and write the predictions to `output_dir`.
 
-    Everything cheap is checked before the ensemble loads: the manifest, the input layout and
-    every page of every file (decoded once, one page at a time). Returns the number of crops
-    classified. Raises AmfError on bad input, a bad ensemble or an unwritable output; then no
-    output of ours is left in `output_dir`, not even an earlier run's.
+    Everything cheap is checked before the ensemble loads: the manifest, the input layout, the
+    output folder and every page's header (count, size, pixel type, data inside the file). Each
+    page is then decoded once, one at a time, and its pixels checked (NaN, range) as it is
+    classified. Returns the number of crops classified. Raises AmfError on bad input, a bad
+    ensemble or an unwritable output; then no output of ours is left in `output_dir`, not even
+    an earlier run's.
     """
 
     def job() -> int:

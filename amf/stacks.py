@@ -19,6 +19,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -135,20 +136,28 @@ def _confined_folder(folder: Path, root: Path, named_by: Path) -> Path:
     return folder
 
 
+def count_pages(path: Path) -> int:
+    """The page count from the file's header, after every check a header allows (page count,
+    every page's size, pixel type; for `.mha`, data enough for every page) and before any page
+    is decoded, so that such a file is refused before a model loads. Pixel values are checked
+    later, as `iter_pages` decodes each page, once, to classify it.
+    """
+    with _read_errors(path):
+        if Path(path).suffix.lower() == ".mha":
+            return _mha_header(path).pages
+        return _pillow_header(path)
+
+
 def iter_pages(path: Path) -> Iterator[np.ndarray]:
     """Every page of an image file as (H, W, 3) uint8 RGB, decoded one page at a time.
 
     Raises InputError naming the file (and page) for anything unreadable, too large or empty.
     """
     count = 0
-    try:
+    with _read_errors(path):
         reader = _mha_pages if Path(path).suffix.lower() == ".mha" else _pillow_pages
         for count, page in enumerate(reader(path), start=1):
             yield to_rgb_uint8(page, source=f"{path} page {count - 1}")
-    except InputError:
-        raise
-    except Exception as error:  # Pillow and numpy raise many types for corrupt files
-        raise InputError(f"{path}: cannot read image ({type(error).__name__}: {error})") from None
     if count == 0:
         raise InputError(f"{path}: image has no pages")
 
@@ -158,16 +167,37 @@ def read_pages(path: Path) -> list[np.ndarray]:
     return list(iter_pages(path))
 
 
-def count_pages(path: Path) -> int:
-    """Decode every page once and count them: proves the file readable before a model loads."""
-    return sum(1 for _ in iter_pages(path))
+@contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """Any failure to read `path` as an InputError naming it."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as error:  # Pillow and numpy raise many types for corrupt files
+        raise InputError(f"{path}: cannot read image ({type(error).__name__}: {error})") from None
+
+
+def _open_image(path: Path) -> Image.Image:
+    with warnings.catch_warnings():  # our own pixel limit, checked per page, is the lower one
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path, formats=PILLOW_FORMATS)
+
+
+def _pillow_header(path: Path) -> int:
+    """Every TIFF page's header (IFD) read without decoding; other formats give every frame the
+    first one's size and mode (and Pillow decodes a PNG's earlier frames to seek)."""
+    with _open_image(path) as image:
+        pages = getattr(image, "n_frames", 1)
+        _check_pages(path, pages)
+        for index in range(pages if image.format == "TIFF" else 1):
+            image.seek(index)
+            _check_pixels(path, index, *image.size)
+    return pages
 
 
 def _pillow_pages(path: Path) -> Iterator[np.ndarray]:
-    with warnings.catch_warnings():  # our own pixel limit, checked below, is the lower one
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        image = Image.open(path, formats=PILLOW_FORMATS)
-    with image:
+    with _open_image(path) as image:
         pages = getattr(image, "n_frames", 1)
         _check_pages(path, pages)
         for index in range(pages):
@@ -179,13 +209,23 @@ def _pillow_pages(path: Path) -> Iterator[np.ndarray]:
             yield np.asarray(page)
 
 
-def _mha_pages(path: Path) -> Iterator[np.ndarray]:
+def _mha_header(path: Path) -> mha.Header:
+    """The MetaImage header, checked; uncompressed pixel data must fill every page it promises."""
     header = mha.read_header(path)
     _check_pages(path, header.pages)
     _check_pixels(path, 0, header.width, header.height)
     if header.page_bytes > MAX_PAGE_BYTES:
         raise InputError(f"{path}: {header.page_bytes} bytes a page, more than the limit of {MAX_PAGE_BYTES}")
-    yield from mha.iter_pages(path, header)
+    data_bytes = Path(path).stat().st_size - header.data_offset
+    if not header.compressed and data_bytes < header.pages * header.page_bytes:
+        raise InputError(
+            f"{path}: pixel data ends in page {data_bytes // header.page_bytes} of {header.pages}"
+        )
+    return header
+
+
+def _mha_pages(path: Path) -> Iterator[np.ndarray]:
+    yield from mha.iter_pages(path, _mha_header(path))
 
 
 def _check_pages(path: Path, pages: int) -> None:

@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT, shared_data
+from hostile import count_decodes
 from make_fixtures import expected_model_dir, synthetic_crops, write_stack
 from PIL import Image
 
 import amf
 from amf import manifest, predict, stacks, writing
+from amf.errors import InputError
 
 TOLERANCE = 1e-4  # absolute, on confidences, between machines and library builds
 
@@ -124,6 +126,25 @@ def test_single_stack_file_with_many_pages(tmp_path: Path) -> None:
         prepare(list(pages), ensemble_manifest.input)
     )
     np.testing.assert_allclose([r["confidence"] for r in records], expected, atol=1e-6)
+
+
+def test_each_page_is_decoded_once_and_a_bad_last_page_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run decodes each page once, checking and classifying in one pass; a NaN last page, found
+    only then, still leaves the output folder without any of our files (an earlier run's too)."""
+    decoded = count_decodes(monkeypatch)
+    good, bad = (Image.fromarray(np.full((8, 8), value, np.float32)) for value in (0.5, np.nan))
+    good.save(tmp_path / "fine.tif", save_all=True, append_images=[good] * 59)
+    assert predict.run(tmp_path / "fine.tif", tmp_path / "out", FIXTURE_ENSEMBLE) == 60
+    assert len(decoded) == len(set(decoded)) == 60
+    (tmp_path / "out" / "notes.txt").write_text("the user's own file")
+    decoded.clear()
+    good.save(tmp_path / "bad.tif", save_all=True, append_images=[good] * 58 + [bad])
+    with pytest.raises(InputError, match=r"bad\.tif page 59: page contains NaN"):
+        predict.run(tmp_path / "bad.tif", tmp_path / "out", FIXTURE_ENSEMBLE)
+    assert len(decoded) == len(set(decoded)) == 60
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
 
 
 def test_one_page_stack(tmp_path: Path) -> None:
