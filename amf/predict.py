@@ -24,9 +24,10 @@ GRAND_CHALLENGE_MODEL_DIR = Path("/opt/ml/model")
 BAKED_MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
 BACKENDS = ("auto", "torch", "onnx")
 BACKEND_VARIABLE = "AMF_BACKEND"
-# Crops per forward pass: one grand-challenge stack, 128 network inputs with the 8 test-time views.
-# Larger batches were no faster per crop on 2 cores, and PyTorch's memory grows with the batch
-# (ONNX Runtime takes at most amf.onnx_runtime.RUN_INPUTS at a time whatever the batch).
+# Crops per batch: one grand-challenge stack, 128 network inputs with the 8 test-time views.
+# Larger batches were no faster per crop on 2 cores; on the CPU both back ends split a batch into
+# passes of a fixed size (amf.onnx_runtime.RUN_INPUTS, amf.ensemble.CPU_FORWARD_INPUTS), so only
+# the prepared batch itself (48 KiB a network input at 128 px) grows with it.
 BATCH_SIZE = 16
 
 
