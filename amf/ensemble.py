@@ -16,6 +16,11 @@ from amf.manifest import Manifest, check_sha256
 
 log = logging.getLogger(__name__)
 
+# Network inputs per forward pass on the CPU. The shipped ensemble on one 16-crop stack with the
+# 8 views (128 inputs), peak RSS of the process: 1552 MiB in one pass of 128, 1168 MiB in passes
+# of 32, 1016 MiB in passes of 16, the same P(atypical) and no slower (docs/speed.md).
+CPU_FORWARD_INPUTS = 16
+
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -50,7 +55,17 @@ class Ensemble:
 
     @torch.inference_mode()
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, S, S) float32 from `prepare` -> (N,) float64 mean P(atypical) over folds."""
+        """(N, 3, S, S) float32 from `prepare` -> (N,) float64 mean P(atypical) over folds.
+
+        On the CPU the folds run on at most CPU_FORWARD_INPUTS inputs at a time: a forward
+        pass's activations, not the weights, set PyTorch's peak memory, while the time per input
+        does not follow the pass's size. On CUDA the whole batch goes in one pass.
+        """
+        step = CPU_FORWARD_INPUTS if self.device.type == "cpu" else max(len(batch), 1)
+        parts = [self._predict(batch[start : start + step]) for start in range(0, len(batch), step)]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
         total = torch.zeros(len(batch), dtype=torch.float64, device=self.device)
         for member in self.members:

@@ -24,9 +24,10 @@ GRAND_CHALLENGE_MODEL_DIR = Path("/opt/ml/model")
 BAKED_MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
 BACKENDS = ("auto", "torch", "onnx")
 BACKEND_VARIABLE = "AMF_BACKEND"
-# Crops per forward pass: one grand-challenge stack, 128 network inputs with the 8 test-time views.
-# Larger batches were no faster per crop on 2 cores, and PyTorch's memory grows with the batch
-# (ONNX Runtime takes at most amf.onnx_runtime.RUN_INPUTS at a time whatever the batch).
+# Crops per batch: one grand-challenge stack, 128 network inputs with the 8 test-time views.
+# Larger batches were no faster per crop on 2 cores; on the CPU both back ends split a batch into
+# passes of a fixed size (amf.onnx_runtime.RUN_INPUTS, amf.ensemble.CPU_FORWARD_INPUTS), so only
+# the prepared batch itself (48 KiB a network input at 128 px) grows with it.
 BATCH_SIZE = 16
 
 
@@ -119,10 +120,13 @@ def run(
 ) -> int:
     """Classify every crop under `input_path` and write the predictions to `output_dir`.
 
-    Everything cheap is checked before the ensemble loads: the manifest, the input layout and
-    every page of every file (decoded once, one page at a time). Returns the number of crops
-    classified. Raises AmfError on bad input, a bad ensemble or an unwritable output; then no
-    output of ours is left in `output_dir`, not even an earlier run's.
+    Everything cheap is checked before the ensemble loads: the manifest, the input layout, the
+    output folder, every page's header (count, size, pixel type, data inside the file) and the
+    values of pages whose type can hold a bad one (float, signed or 32-bit: stacks.count_pages).
+    Then each page is decoded, one at a time, as it is classified: once for 8- and 16-bit
+    unsigned pages, a second time for the others. Returns the number of crops classified.
+    Raises AmfError on bad input, a bad ensemble or an unwritable output; then no output of ours
+    is left in `output_dir`, not even an earlier run's.
     """
 
     def job() -> int:

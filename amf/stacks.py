@@ -37,6 +37,12 @@ MAX_PAGE_PIXELS = 4096 * 4096  # per page; a crop is 128 x 128
 MAX_PAGES = 20_000  # per file
 MAX_PAGE_BYTES = 256 << 20  # one decoded .mha page (Pillow's widest mode at the pixel limit: 64 MiB)
 MAX_INPUTS_JSON_BYTES = 1 << 20
+# Pillow modes of 8- or 16-bit unsigned samples (bilevel and palette included): every value maps
+# into 0-255, so no page of theirs can fail a value check.
+_IN_RANGE_MODES = frozenset(
+    ("1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV")
+    + ("I;16", "I;16B", "I;16L", "I;16N")
+)
 _CONVERT_TO_RGB = ("1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La")
 
 log = logging.getLogger(__name__)
@@ -152,20 +158,37 @@ def _confined_folder(folder: Path, root: Path, named_by: Path) -> Path:
     return folder
 
 
+def count_pages(path: Path) -> int:
+    """The page count, after every check that can refuse the file before a model loads.
+
+    First what a header tells (page count, every page's size, pixel type; for `.mha`, data
+    enough for every page), before any page is decoded. Then the pixel values, but only of
+    pages whose type can hold a bad one (float, signed or 32-bit integers): those are decoded
+    here and again to classify them. 8- and 16-bit unsigned pages, which no value check can
+    fail, are decoded once, by `iter_pages` as they are classified.
+    """
+    with _read_errors(path):
+        if Path(path).suffix.lower() == ".mha":
+            header = _mha_header(path)
+            pages, values_to_check = header.pages, header.dtype.kind != "u" or header.dtype.itemsize > 2
+        else:
+            pages, values_to_check = _pillow_header(path)
+    if values_to_check:
+        for _ in iter_pages(path):  # each page's values checked as it is decoded
+            pass
+    return pages
+
+
 def iter_pages(path: Path) -> Iterator[np.ndarray]:
     """Every page of an image file as (H, W, 3) uint8 RGB, decoded one page at a time.
 
     Raises InputError naming the file (and page) for anything unreadable, too large or empty.
     """
     count = 0
-    try:
+    with _read_errors(path):
         reader = _mha_pages if Path(path).suffix.lower() == ".mha" else _pillow_pages
         for count, page in enumerate(reader(path), start=1):
             yield to_rgb_uint8(page, source=f"{path} page {count - 1}")
-    except InputError:
-        raise
-    except Exception as error:  # Pillow and numpy raise many types for corrupt files
-        raise InputError(f"{path}: cannot read image ({type(error).__name__}: {error})") from None
     if count == 0:
         raise InputError(f"{path}: image has no pages")
 
@@ -175,15 +198,41 @@ def read_pages(path: Path) -> list[np.ndarray]:
     return list(iter_pages(path))
 
 
-def count_pages(path: Path) -> int:
-    """Decode every page once and count them: proves the file readable before a model loads."""
-    return sum(1 for _ in iter_pages(path))
+@contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """Any failure to read `path` as an InputError naming it."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as error:  # Pillow and numpy raise many types for corrupt files
+        raise InputError(f"{path}: cannot read image ({type(error).__name__}: {error})") from None
+
+
+def _open_image(path: Path) -> Image.Image:
+    with _pillow_warnings_to_debug(path):
+        return Image.open(path, formats=PILLOW_FORMATS)
+
+
+def _pillow_header(path: Path) -> tuple[int, bool]:
+    """The page count, and whether a page's values can fail a check (its mode is not one of
+    _IN_RANGE_MODES). Every TIFF page's header (IFD) is read without decoding; other formats
+    give every frame the first one's size and mode (and Pillow decodes a PNG's earlier frames
+    to seek)."""
+    values_to_check = False
+    with _open_image(path) as image:
+        pages = getattr(image, "n_frames", 1)
+        _check_pages(path, pages)
+        for index in range(pages if image.format == "TIFF" else 1):
+            with _pillow_warnings_to_debug(path):
+                image.seek(index)
+            _check_pixels(path, index, *image.size)
+            values_to_check = values_to_check or image.mode not in _IN_RANGE_MODES
+    return pages, values_to_check
 
 
 def _pillow_pages(path: Path) -> Iterator[np.ndarray]:
-    with _pillow_warnings_to_debug(path):
-        image = Image.open(path, formats=PILLOW_FORMATS)
-    with image:
+    with _open_image(path) as image:
         pages = getattr(image, "n_frames", 1)
         _check_pages(path, pages)
         for index in range(pages):
@@ -210,13 +259,23 @@ def _pillow_warnings_to_debug(path: Path) -> Iterator[None]:
                 log.debug("%s: Pillow warned: %s", path, warning.message)
 
 
-def _mha_pages(path: Path) -> Iterator[np.ndarray]:
+def _mha_header(path: Path) -> mha.Header:
+    """The MetaImage header, checked; uncompressed pixel data must fill every page it promises."""
     header = mha.read_header(path)
     _check_pages(path, header.pages)
     _check_pixels(path, 0, header.width, header.height)
     if header.page_bytes > MAX_PAGE_BYTES:
         raise InputError(f"{path}: {header.page_bytes} bytes a page, more than the limit of {MAX_PAGE_BYTES}")
-    yield from mha.iter_pages(path, header)
+    data_bytes = Path(path).stat().st_size - header.data_offset
+    if not header.compressed and data_bytes < header.pages * header.page_bytes:
+        raise InputError(
+            f"{path}: pixel data ends in page {data_bytes // header.page_bytes} of {header.pages}"
+        )
+    return header
+
+
+def _mha_pages(path: Path) -> Iterator[np.ndarray]:
+    yield from mha.iter_pages(path, _mha_header(path))
 
 
 def _check_pages(path: Path, pages: int) -> None:

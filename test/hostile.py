@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 from conftest import ROOT
+
+from amf import stacks
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -35,3 +39,17 @@ def mha_file(path: Path, header: dict[str, str], data: bytes = b"") -> Path:
     text = "".join(f"{key} = {value}\n" for key, value in fields.items())
     path.write_bytes(text.encode() + data)
     return path
+
+
+def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The source of each page decoded from now on: every decoded page, from any reader, passes
+    through `to_rgb_uint8` once."""
+    sources: list[str] = []
+    convert = stacks.to_rgb_uint8
+
+    def counted(array: np.ndarray, *, source: str) -> np.ndarray:
+        sources.append(source)
+        return convert(array, source=source)
+
+    monkeypatch.setattr(stacks, "to_rgb_uint8", counted)
+    return sources

@@ -108,6 +108,12 @@ def tiff_page(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path, compression="tiff_adobe_deflate")
 
 
+def float_stack(path: Path, pages: int) -> None:
+    """A float32 TIFF of `pages` gray pages in [0, 1] but the last, which is NaN."""
+    good, bad = (Image.fromarray(np.full((8, 8), value, np.float32)) for value in (0.5, np.nan))
+    good.save(path, save_all=True, append_images=[good] * (pages - 2) + [bad])
+
+
 # name -> (input builder, expected message; the file it names is checked by the message)
 INPUT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "missing input": (lambda tmp: tmp / "nowhere", r"nowhere: no such file or folder"),
@@ -230,21 +236,9 @@ INPUT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
         single("bomb.tif", lambda p: Image.new("1", (8192, 8192)).save(p, compression="group4")),
         r"bomb\.tif page 0: 8192 x 8192 pixels, more than the limit",
     ),
-    "float page above 1": (
-        single("f.tif", lambda p: tiff_page(p, np.full((16, 16), 1.5, np.float32))),
-        r"f\.tif page 0: float pixels must lie in \[0, 1\]",
-    ),
     "float RGB TIFF (Pillow cannot decode it)": (
         single("f.tif", lambda p: sitk_write(p, np.full((16, 16, 3), 0.5, np.float32))),
         r"f\.tif: cannot read image",
-    ),
-    "float page NaN": (
-        single("n.mha", lambda p: sitk_write(p, np.full((16, 16), np.nan, np.float32), vector=False)),
-        r"n\.mha page 0: page contains NaN",
-    ),
-    "negative integers": (
-        single("neg.mha", lambda p: sitk_write(p, np.full((16, 16), -5, np.int16), vector=False)),
-        r"neg\.mha page 0: integer pixels must lie in 0-65535",
     ),
     "mha data elsewhere": (
         single("x.mha", lambda p: mha_file(p, {"ElementDataFile": "../../../etc/passwd"})),
@@ -303,6 +297,32 @@ INPUT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
         single("x.mha", lambda p: mha_file(p, {"DimSize": "8 8 2"}, b"\x01" * 100)),
         r"x\.mha: pixel data ends in page 1 of 2",
     ),
+    "float page above 1": (
+        single("f.tif", lambda p: tiff_page(p, np.full((16, 16), 1.5, np.float32))),
+        r"f\.tif page 0: float pixels must lie in \[0, 1\]",
+    ),
+    "float page NaN": (
+        single("n.mha", lambda p: sitk_write(p, np.full((16, 16), np.nan, np.float32), vector=False)),
+        r"n\.mha page 0: page contains NaN",
+    ),
+    "negative integers": (
+        single("neg.mha", lambda p: sitk_write(p, np.full((16, 16), -5, np.int16), vector=False)),
+        r"neg\.mha page 0: integer pixels must lie in 0-65535",
+    ),
+    "last of many pages NaN": (
+        single("many.tif", lambda p: float_stack(p, 40)),
+        r"many\.tif page 39: page contains NaN",
+    ),
+    "last of several files NaN": (
+        single("b.tif", lambda p: (tiff_page(p.with_name("a.tif"), crop()), float_stack(p, 3))),
+        r"b\.tif page 2: page contains NaN",
+    ),
+}
+
+
+# name -> (input builder, expected message) for 8- or 16-bit pages whose header is sound but whose
+# data is corrupt: found as each page is decoded, once, to be classified, so after the model loaded.
+DECODE_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "mha corrupt zlib": (
         single("x.mha", lambda p: mha_file(p, {"CompressedData": "True"}, b"\x78\x9c" + b"\xff" * 40)),
         r"x\.mha: corrupt compressed pixel data",
@@ -319,6 +339,16 @@ def test_bad_input_is_refused_before_the_model_loads(tmp_path: Path, case: str) 
     assert_one_error_line(result, message)
     assert not output.exists()
     assert "loaded" not in result.stderr  # failed before any weights were read
+
+
+@pytest.mark.parametrize("case", sorted(DECODE_CASES))
+def test_corrupt_page_data_is_refused_with_nothing_written(tmp_path: Path, case: str) -> None:
+    build, message = DECODE_CASES[case]
+    input_path = build(tmp_path)
+    output = tmp_path / "out"
+    result = run_cli("--input", str(input_path), "--output", str(output), "--model", str(FIXTURE_ENSEMBLE))
+    assert_one_error_line(result, message)
+    assert not output.exists()
 
 
 def test_failed_run_removes_the_previous_result(tmp_path: Path) -> None:

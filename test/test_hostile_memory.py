@@ -8,7 +8,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import FIXTURE_ENSEMBLE, ROOT
 from hostile import mha_file
 from PIL import Image
 
@@ -62,3 +62,27 @@ def test_memory_stays_bounded_for_large_multi_page_files(tmp_path: Path) -> None
     assert (tmp_path / "bomb.mha").stat().st_size < 1 << 20
     pages, crops, grown = stream_and_measure(tmp_path / "bomb.mha")
     assert (pages, crops) == (24, 24) and grown < 120  # decoded: 300 MB
+
+
+TORCH_SCRIPT = """
+import resource, sys
+from pathlib import Path
+import numpy as np
+import torch
+from amf import manifest
+from amf.ensemble import Ensemble
+ensemble = Ensemble.load(manifest.load(Path(sys.argv[1])), Path(sys.argv[1]), torch.device("cpu"))
+batch = np.random.default_rng(0).standard_normal((int(sys.argv[2]), 3, 64, 64), dtype=np.float32)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ensemble.predict(batch)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_torch_memory_does_not_follow_the_batch() -> None:
+    """1,024 network inputs (an --batch-size of 128 crops with the 8 views) through the fixture
+    ensemble on the CPU: peak RSS grows by ~20 MiB in passes of CPU_FORWARD_INPUTS, by ~400 MiB
+    in one pass of 1,024 (the code before issue 22)."""
+    script = [sys.executable, "-c", TORCH_SCRIPT, str(FIXTURE_ENSEMBLE), "1024"]
+    result = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    assert int(result.stdout) < 100

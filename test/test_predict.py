@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT, shared_data
+from hostile import count_decodes
 from make_fixtures import expected_model_dir, synthetic_crops, write_stack
 from PIL import Image
 
 import amf
 from amf import manifest, predict, stacks, writing
+from amf.errors import InputError
 
 TOLERANCE = 1e-4  # absolute, on confidences, between machines and library builds
 
@@ -124,6 +126,29 @@ def test_single_stack_file_with_many_pages(tmp_path: Path) -> None:
         prepare(list(pages), ensemble_manifest.input)
     )
     np.testing.assert_allclose([r["confidence"] for r in records], expected, atol=1e-6)
+
+
+def test_8_bit_pages_are_decoded_once_and_bad_values_are_refused_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages no value check can fail (8- and 16-bit unsigned) are decoded once, as they are
+    classified; float pages are checked in a pass before the model loads, so a NaN last page
+    costs one decode pass, not a model load and a classification, and leaves nothing behind."""
+    decoded = count_decodes(monkeypatch)
+    rng = np.random.default_rng(0)
+    pages = [Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)) for _ in range(60)]
+    pages[0].save(tmp_path / "fine.tif", save_all=True, append_images=pages[1:])
+    assert predict.run(tmp_path / "fine.tif", tmp_path / "out", FIXTURE_ENSEMBLE) == 60
+    assert len(decoded) == len(set(decoded)) == 60
+    (tmp_path / "out" / "notes.txt").write_text("the user's own file")
+    decoded.clear()
+    good, bad = (Image.fromarray(np.full((8, 8), value, np.float32)) for value in (0.5, np.nan))
+    good.save(tmp_path / "bad.tif", save_all=True, append_images=[good] * 58 + [bad])
+    monkeypatch.setattr(predict, "load_predictor", lambda *_: pytest.fail("the ensemble was loaded"))
+    with pytest.raises(InputError, match=r"bad\.tif page 59: page contains NaN"):
+        predict.run(tmp_path / "bad.tif", tmp_path / "out", FIXTURE_ENSEMBLE)
+    assert len(decoded) == len(set(decoded)) == 60
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
 
 
 def test_one_page_stack(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURE_ENSEMBLE, ROOT, SAMPLE_INPUT
-from test_hostile_inputs import INPUT_CASES
+from test_hostile_inputs import DECODE_CASES, INPUT_CASES
 from test_predict import assert_contract
 
 from amf import manifest, writing
@@ -103,11 +103,11 @@ def test_invocation_classifies_the_linked_input(server: Server, tmp_path: Path) 
     assert_contract(tmp_path, 6, manifest.load(FIXTURE_ENSEMBLE).threshold.value)
 
 
-@pytest.mark.parametrize("case", sorted(INPUT_CASES))
+@pytest.mark.parametrize("case", sorted(INPUT_CASES | DECODE_CASES))
 def test_hostile_input_fails_that_task_only(server: Server, tmp_path: Path, case: str) -> None:
     """Each hostile case of test_hostile_inputs.py: a non-201 status, one ERROR line in the log,
     nothing written; the next valid task is served as usual."""
-    build, _ = INPUT_CASES[case]
+    build, _ = (INPUT_CASES | DECODE_CASES)[case]
     logged = len(server.log.read_text().splitlines())
     status, body, written = server.invoke(build(tmp_path), tmp_path / "hostile")
     new_lines = server.log.read_text().splitlines()[logged:]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import SAMPLE_INPUT, shared_data
+from hostile import count_decodes, mha_file
 from PIL import Image
 
 from amf import stacks
@@ -243,3 +244,21 @@ def test_real_challenge_sample_reads_16_rgb_pages() -> None:
     assert len(pages) == 16 and all(p.shape == (128, 128, 3) and p.dtype == np.uint8 for p in pages)
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(job.files[0])))
     np.testing.assert_array_equal(np.stack(pages), reference)
+
+
+def test_header_problems_are_found_before_any_page_is_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stack whose last page is too large; an .mha whose last page's data the file lacks."""
+    decoded = count_decodes(monkeypatch)
+    pages = [Image.new("RGB", (16, 16))] * 30 + [Image.new("L", (8192, 4096))]
+    pages[0].save(tmp_path / "wide.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(InputError, match=r"wide\.tif page 30: 8192 x 4096 pixels, more than the limit"):
+        stacks.count_pages(tmp_path / "wide.tif")
+    mha_file(tmp_path / "cut.mha", {"DimSize": "8 8 30"}, bytes(8 * 8 * 29))
+    with pytest.raises(InputError, match=r"cut\.mha: pixel data ends in page 29 of 30"):
+        stacks.count_pages(tmp_path / "cut.mha")
+    assert decoded == []
+    (tmp_path / "stack.tif").write_bytes(tiff_bytes(tmp_path, pages=3))
+    assert stacks.count_pages(tmp_path / "stack.tif") == 3 and decoded == []
+    assert len(stacks.read_pages(tmp_path / "stack.tif")) == 3 and len(decoded) == 3
