@@ -270,15 +270,10 @@ def change_views(model: Path, plan_path: Path, tta: str, method: str = "youden")
     fold_of = {i: k for k, ids in enumerate(plan.domains[domain].folds) for i in ids}
     scores = table.out_of_fold(fold_of, range(len(served.folds)), TTA_VIEWS[tta])
     labels = np.array([samples[i].label for i in table.ids])
-    try:
-        threshold = choose_threshold(method, labels, scores)
-    except ValueError as error:
-        raise InputError(str(error)) from None
+    threshold = _chosen_threshold(method, labels, scores, tta)
+    out_of_fold = binary_metrics(labels, scores, threshold=threshold.value)
     changed = replace(
-        served,
-        tta=tta,
-        threshold=_threshold(threshold, method, len(labels), tta),
-        provenance={**served.provenance, "out_of_fold": binary_metrics(labels, scores, threshold=threshold)},
+        served, tta=tta, threshold=threshold, provenance={**served.provenance, "out_of_fold": out_of_fold}
     )
     manifest.save(changed, model)
     log.info("%s: served with views %s, %s", model, tta, changed.threshold.method)
@@ -406,14 +401,11 @@ def _combine(
     )
     labels = np.array([int(row["label"]) for row in oof])
     scores = np.array([float(row["p_atypical"]) for row in oof])
-    try:
-        threshold = choose_threshold(method, labels, scores)
-    except ValueError as error:
-        raise InputError(str(error)) from None
+    threshold = _chosen_threshold(method, labels, scores, tta)
     networks = "+".join(dict.fromkeys(member.architecture for member in members))
     fields = {
         "input": members[0].input,
-        "threshold": _threshold(threshold, method, len(oof), tta),
+        "threshold": threshold,
         "name": f"{networks}-{members[0].input.size}px-{len(members)}fold-{slug(domain)}",
         "description": f"{len(members)}-fold ensemble trained on {Path(plan.table).name} "
         f"({_held_out_description(plan, domain)})",
@@ -425,7 +417,7 @@ def _combine(
             "held_out_folds": [k for _ in runs for k in range(n)],  # of each member: amf.distill
             "training": [recipe(record.config) for record in records],
             "versions": members[0].provenance.get("versions", {}),
-            "out_of_fold": binary_metrics(labels, scores, threshold=threshold),
+            "out_of_fold": binary_metrics(labels, scores, threshold=threshold.value),
             "folds": [json.loads((d / RESULT).read_text())["validation"] for d in dirs],
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
@@ -433,8 +425,13 @@ def _combine(
     return _Combined(domain, dirs, members, oof, fields)
 
 
-def _threshold(value: float, method: str, n: int, tta: str) -> Threshold:
-    return Threshold(value, f"{method} on {n} out-of-fold predictions, test-time views: {tta}")
+def _chosen_threshold(method: str, labels: np.ndarray, scores: np.ndarray, tta: str) -> Threshold:
+    """The decision threshold `method` picks on out-of-fold scores made through the views `tta`."""
+    try:
+        value = choose_threshold(method, labels, scores)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    return Threshold(value, f"{method} on {len(labels)} out-of-fold predictions, test-time views: {tta}")
 
 
 def _inputs(dirs: list[Path], members: list[Manifest]) -> str:
