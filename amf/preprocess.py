@@ -21,12 +21,17 @@ _RESAMPLE = {
 }
 
 
+def resize_image(image: Image.Image, spec: InputSpec) -> Image.Image:
+    """The one resize rule: to spec.size squared with the spec's filter. amf.stacks applies it to
+    a large page as it is decoded, so that page never becomes a full-size array."""
+    return image.resize((spec.size, spec.size), _RESAMPLE[spec.interpolation])
+
+
 def resize(page: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Resize an (H, W, 3) uint8 page to spec.size squared; a page already that size is kept."""
     if page.shape[:2] == (spec.size, spec.size):
         return page
-    image = Image.fromarray(page).resize((spec.size, spec.size), _RESAMPLE[spec.interpolation])
-    return np.asarray(image)
+    return np.asarray(resize_image(Image.fromarray(page), spec))
 
 
 def prepare(pages: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:

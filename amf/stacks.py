@@ -28,6 +28,8 @@ from PIL import Image
 
 from amf import mha
 from amf.errors import InputError
+from amf.manifest import InputSpec
+from amf.preprocess import resize_image
 
 SLUG = "stacked-histopathology-roi-cropouts"
 STACK_SUFFIXES = (".tif", ".tiff", ".mha")
@@ -44,6 +46,11 @@ _IN_RANGE_MODES = frozenset(
     + ("I;16", "I;16B", "I;16L", "I;16N")
 )
 _CONVERT_TO_RGB = ("1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La")
+# 8-bit modes a large page is resized in as it is decoded (iter_pages `shrink_to`), alpha dropped
+# first as to_rgb_uint8 drops it (Pillow would resize RGBA and LA premultiplied); pages of more
+# pixels than SHRINK_ABOVE only: a crop keeps its full size for the report's thumbnail.
+_SHRINK_IN = {"L": "L", "LA": "L", "RGB": "RGB", "RGBA": "RGB"}
+SHRINK_ABOVE = 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -179,15 +186,22 @@ def count_pages(path: Path) -> int:
     return pages
 
 
-def iter_pages(path: Path) -> Iterator[np.ndarray]:
+def iter_pages(path: Path, shrink_to: InputSpec | None = None) -> Iterator[np.ndarray]:
     """Every page of an image file as (H, W, 3) uint8 RGB, decoded one page at a time.
+
+    With `shrink_to`, an 8-bit page (not `.mha`) of more than a megapixel comes out resized to the
+    network's input (amf.preprocess.resize_image on the decoded page: the same pixels as resizing
+    the array, without the full-size array and its copies: a 4096^2 page costs 64 MB, not 180).
 
     Raises InputError naming the file (and page) for anything unreadable, too large or empty.
     """
     count = 0
     with _read_errors(path):
-        reader = _mha_pages if Path(path).suffix.lower() == ".mha" else _pillow_pages
-        for count, page in enumerate(reader(path), start=1):
+        if Path(path).suffix.lower() == ".mha":
+            pages = _mha_pages(path)
+        else:
+            pages = _pillow_pages(path, shrink_to)
+        for count, page in enumerate(pages, start=1):
             yield to_rgb_uint8(page, source=f"{path} page {count - 1}")
     if count == 0:
         raise InputError(f"{path}: image has no pages")
@@ -231,7 +245,7 @@ def _pillow_header(path: Path) -> tuple[int, bool]:
     return pages, values_to_check
 
 
-def _pillow_pages(path: Path) -> Iterator[np.ndarray]:
+def _pillow_pages(path: Path, shrink_to: InputSpec | None) -> Iterator[np.ndarray]:
     with _open_image(path) as image:
         pages = getattr(image, "n_frames", 1)
         _check_pages(path, pages)
@@ -242,6 +256,9 @@ def _pillow_pages(path: Path) -> Iterator[np.ndarray]:
                 page = image
                 if page.mode in _CONVERT_TO_RGB:
                     page = page.convert("RGBA" if "A" in page.mode or "a" in page.mode else "RGB")
+                pixels = page.width * page.height
+                if shrink_to and page.mode in _SHRINK_IN and pixels > max(SHRINK_ABOVE, shrink_to.size**2):
+                    page = resize_image(page.convert(_SHRINK_IN[page.mode]), shrink_to)
                 array = np.asarray(page)
             yield array
 

@@ -64,6 +64,41 @@ def test_memory_stays_bounded_for_large_multi_page_files(tmp_path: Path) -> None
     assert (pages, crops) == (24, 24) and grown < 120  # decoded: 300 MB
 
 
+PEAK_SCRIPT = """
+import resource, runpy, sys
+sys.argv = ["inference.py", *sys.argv[1:]]
+try:
+    runpy.run_path("inference.py", run_name="__main__")
+except SystemExit as end:
+    assert not end.code, end.code
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def inference_peak_mib(input_path: Path, model: Path, output: Path) -> int:
+    """Peak RSS of the whole `inference.py` process (ONNX Runtime) on `input_path`."""
+    command = [sys.executable, "-c", PEAK_SCRIPT, "--input", str(input_path), "--output", str(output)]
+    command += ["--model", str(model), "--backend", "onnx"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    return int(result.stdout.split()[-1])
+
+
+@pytest.mark.slow
+def test_a_run_on_large_pages_costs_about_one_decoded_page(exported_ensemble, tmp_path: Path) -> None:
+    """`inference.py` on 8 pages of 4096^2 (deflate TIFF) against one 128^2 page: a large page is
+    resized as it is decoded and freed buffers go back to the system, so the run holds about one
+    decoded page (64 MiB) more: +127 MiB on the development machine (2 cores, 2026-12-04), +223
+    before (the page, its array, the copies for resizing and the heap they left behind)."""
+    one = tmp_path / "one.tif"
+    Image.new("RGB", (128, 128), (200, 120, 180)).save(one)
+    big = Image.new("RGB", (4096, 4096), (200, 120, 180))
+    big.save(tmp_path / "big.tif", save_all=True, append_images=[big] * 7, compression="tiff_adobe_deflate")
+    del big
+    small = inference_peak_mib(one, exported_ensemble, tmp_path / "out-one")
+    large = inference_peak_mib(tmp_path / "big.tif", exported_ensemble, tmp_path / "out-big")
+    assert large - small < 170, (small, large)
+
+
 TORCH_SCRIPT = """
 import resource, sys
 from pathlib import Path

@@ -14,6 +14,8 @@ from PIL import Image
 
 from amf import stacks
 from amf.errors import InputError
+from amf.manifest import InputSpec
+from amf.preprocess import resize
 
 
 def gc_layout(root: Path, files: dict[str, bytes] | None = None, slug: str = stacks.SLUG) -> Path:
@@ -170,6 +172,34 @@ def test_rgba_drops_alpha_and_gray_repeats(tmp_path: Path) -> None:
     Image.new("L", (4, 4), 77).save(tmp_path / "g.png")
     assert stacks.read_pages(tmp_path / "a.png")[0][0, 0].tolist() == [10, 20, 30]
     assert stacks.read_pages(tmp_path / "g.png")[0][0, 0].tolist() == [77, 77, 77]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "I;16"])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_a_large_page_shrunk_as_decoded_has_the_pixels_of_a_resized_array(
+    tmp_path: Path, mode: str, interpolation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`shrink_to` resizes a large 8-bit page before it becomes an array (alpha dropped first,
+    as the array path drops it): the network sees the same pixels; pages up to SHRINK_ABOVE
+    pixels (here 100 x 100) and 16-bit pages pass through as before."""
+    monkeypatch.setattr(stacks, "SHRINK_ABOVE", 100 * 100)
+    spec = InputSpec(size=48, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation=interpolation)
+    rng = np.random.default_rng(0)
+    path = tmp_path / f"page-{mode.replace(';', '')}.{'tif' if mode == 'I;16' else 'png'}"
+    if mode == "I;16":
+        Image.fromarray(rng.integers(0, 65535, (150, 210), dtype=np.uint16)).save(path)
+    else:
+        Image.fromarray(rng.integers(0, 255, (150, 210, 4), dtype=np.uint8), "RGBA").convert(mode).save(path)
+    small = tmp_path / f"small-{path.name}"
+    Image.open(path).crop((0, 0, 100, 90)).save(small)
+    for source in (path, small):
+        (page,) = stacks.iter_pages(source, shrink_to=spec)
+        (full,) = stacks.read_pages(source)
+        np.testing.assert_array_equal(resize(page, spec), resize(full, spec))
+    assert next(stacks.iter_pages(path, shrink_to=spec)).shape == (
+        (150, 210, 3) if mode == "I;16" else (48, 48, 3)
+    )
+    assert next(stacks.iter_pages(small, shrink_to=spec)).shape == (90, 100, 3)
 
 
 def test_16_bit_gray_is_scaled_not_clipped(tmp_path: Path) -> None:
