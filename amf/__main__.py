@@ -312,8 +312,8 @@ def add_train(commands: argparse._SubParsersAction) -> None:
         "--teacher",
         action="append",
         help="distillation: an ensemble folder assembled on this plan (repeat to mix several); each model "
-        "learns the mean P(atypical) of the members that never saw its validation crops over the 8 "
-        "dihedral views",
+        "learns the mean P(atypical) of the members that never saw its validation crops over the views "
+        "each teacher is served with (its manifest's tta)",
     )
     setting(
         "--teacher-weight", type=float, help="share of each target from the teacher, the rest the label's"

@@ -1,16 +1,17 @@
 """Distillation: what a teacher ensemble says about every crop of a plan, under every view.
 
-A student (`amf train --teacher DIR`) learns the teacher's P(atypical) averaged over the eight
-dihedral views, while it sees one random view per draw: the views become training augmentation,
-and the student needs none when served. The teacher is an ensemble folder assembled from runs on
-the student's own plan (`amf assemble`); each member was trained on one plan fold's training
-part, so the student of fold k learns only from the members that never saw fold k's crops, and
-its out-of-fold figures stay honest. A refit student (trained on every crop) learns from all.
+A student (`amf train --teacher DIR`) learns the teacher's P(atypical) averaged over the views
+the teacher is served with (its manifest's `tta`), while it sees one random view per draw: the
+views become training augmentation, and the student needs none when served. The teacher is an
+ensemble folder assembled from runs on the student's own plan (`amf assemble`); each member was
+trained on one plan fold's training part, so the student of fold k learns only from the members
+that never saw fold k's crops, and its out-of-fold figures stay honest. A refit student (trained
+on every crop) learns from all.
 
 The table of every member's score for every crop and view is computed once (torch, on the
 CPU: about 60 passes a second a core for the MobileNets at 128 px) and cached in the student's
-run folder. It also gives each member set's out-of-fold score under any views, which
-`bench/bench_front.py` reads.
+run folder. With all eight views it also gives each member set's out-of-fold score under any
+views, which `bench/bench_front.py` and `amf views` read.
 """
 
 from __future__ import annotations
@@ -25,28 +26,29 @@ import numpy as np
 
 from amf import manifest, writing
 from amf.errors import InputError, ModelError
-from amf.manifest import Manifest
+from amf.manifest import TTA_VIEWS, Manifest
 from amf.plan import Plan
 from amf.preprocess import dihedral, prepared_batches
 
 log = logging.getLogger(__name__)
 
-VIEWS = 8  # the symmetries of the square (amf.preprocess.dihedral)
-FORMAT = "amf-teacher/1"
+ALL_VIEWS = tuple(range(8))  # the symmetries of the square (amf.preprocess.dihedral)
+FORMAT = "amf-teacher/2"
 
 
 @dataclass(frozen=True)
 class TeacherTable:
-    """P(atypical) of each teacher member (axis 0) under each view (axis 1) for each crop (axis 2)."""
+    """P(atypical) of each teacher member (axis 0) under each of `views` (axis 1) for each crop (axis 2)."""
 
     ids: tuple[str, ...]
+    views: tuple[int, ...]  # the dihedral symmetry of each position on axis 1
     held_out: tuple[int, ...]  # the plan fold each member did not train on
     member_architectures: tuple[str, ...]
     scores: np.ndarray
 
     def targets(self, ids: Sequence[str], fold: int | None) -> dict[str, float]:
-        """The student's targets: the view-mean of the members that held out plan fold `fold`
-        (None, a refit student: of every member)."""
+        """The student's targets: the mean over the table's views of the members that held out
+        plan fold `fold` (None, a refit student: of every member)."""
         members = [m for m, k in enumerate(self.held_out) if fold is None or k == fold]
         if not members:
             raise ModelError(f"the teacher has no member that held out fold {fold}")
@@ -58,7 +60,8 @@ class TeacherTable:
         self, fold_of: dict[str, int], members: Sequence[int], views: Sequence[int]
     ) -> np.ndarray:
         """Each crop's mean score over `views` and over those of `members` that held out its fold."""
-        chosen = self.scores[np.ix_(list(members), list(views))].mean(axis=1)
+        positions = [self.views.index(v) for v in views]
+        chosen = self.scores[np.ix_(list(members), positions)].mean(axis=1)
         held = np.array([self.held_out[m] for m in members])
         folds = np.array([fold_of[i] for i in self.ids])
         mask = held[:, None] == folds[None, :]
@@ -75,6 +78,11 @@ def member_folds(teacher: Manifest, n_folds: int) -> tuple[int, ...]:
     if len(teacher.folds) % n_folds:
         raise ModelError(f"a teacher of {len(teacher.folds)} members does not fit a {n_folds}-fold plan")
     return tuple(i % n_folds for i in range(len(teacher.folds)))
+
+
+def served_views(teachers: Sequence[Path]) -> tuple[int, ...]:
+    """The views the teachers are served with (each manifest's `tta`): what a student learns."""
+    return tuple(sorted({v for t in teachers for v in TTA_VIEWS[manifest.load(Path(t)).tta]}))
 
 
 def check_teacher(teacher_dir: Path, plan_sha256: str) -> Manifest:
@@ -97,8 +105,9 @@ def teacher_table(
     domain: str,
     crops: dict[str, np.ndarray],
     cache: Path | None,
+    views: Sequence[int] = ALL_VIEWS,
 ) -> TeacherTable:
-    """Every member of the ensembles in `teachers` on every crop of `domain`, under all views.
+    """Every member of the ensembles in `teachers` on every crop of `domain`, under `views`.
 
     Each member's scores are kept in `cache` (a folder, one file per member weights' sha256), so
     a student of other settings, or of another mix of the same members, scores nothing twice.
@@ -119,15 +128,15 @@ def teacher_table(
             member_architectures.append(teacher.architecture_of(fold))
             if cache is None:
                 held = set(plan.domains[domain].folds[k])
-                scores.append(_held_out_views(teacher, member, Path(teacher_dir), ids, crops, held))
+                scores.append(_held_out_views(teacher, member, Path(teacher_dir), ids, crops, held, views))
                 continue
             path = Path(cache) / f"{fold.sha256 or writing.sha256_of(Path(teacher_dir) / fold.file)}.npz"
-            cached = _read(path, ids)
+            cached = _read(path, ids, views)
             if cached is None:
-                cached = _member_views(teacher, member, Path(teacher_dir), [crops[i] for i in ids])
-                _write(path, ids, cached)
+                cached = _member_views(teacher, member, Path(teacher_dir), [crops[i] for i in ids], views)
+                _write(path, ids, views, cached)
             scores.append(cached)
-    return TeacherTable(ids, tuple(held_out), tuple(member_architectures), np.stack(scores))
+    return TeacherTable(ids, tuple(views), tuple(held_out), tuple(member_architectures), np.stack(scores))
 
 
 def _held_out_views(
@@ -137,47 +146,54 @@ def _held_out_views(
     ids: tuple[str, ...],
     crops: dict[str, np.ndarray],
     held: set[str],
+    views: Sequence[int],
 ) -> np.ndarray:
-    """(VIEWS, crops) of one member on the crops it held out, zero on the others."""
+    """(views, crops) of one member on the crops it held out, zero on the others."""
     columns = [c for c, i in enumerate(ids) if i in held]
-    scores = np.zeros((VIEWS, len(ids)), np.float32)
-    scores[:, columns] = _member_views(teacher, member, teacher_dir, [crops[ids[c]] for c in columns])
+    scores = np.zeros((len(views), len(ids)), np.float32)
+    scores[:, columns] = _member_views(teacher, member, teacher_dir, [crops[ids[c]] for c in columns], views)
     return scores
 
 
-def _member_views(teacher: Manifest, member: int, teacher_dir: Path, crops: list[np.ndarray]) -> np.ndarray:
-    """(VIEWS, crops) P(atypical) of one member, as the container would score each view."""
+def _member_views(
+    teacher: Manifest, member: int, teacher_dir: Path, crops: list[np.ndarray], views: Sequence[int]
+) -> np.ndarray:
+    """(views, crops) P(atypical) of one member, as the container would score each view."""
     from amf.ensemble import Ensemble  # torch: training only
 
     started = time.perf_counter()
     network = Ensemble.load(replace(teacher, folds=(teacher.folds[member],)), teacher_dir)
     columns = [
-        np.stack([network.predict(dihedral(batch, k, axes=(-2, -1))) for k in range(VIEWS)])
+        np.stack([network.predict(dihedral(batch, k, axes=(-2, -1))) for k in views])
         for batch in prepared_batches(crops, teacher.input, 64)
     ]
     log.info(
         "%s member %d/%d (%s): %d crops x %d views in %.0f s",
         teacher_dir.name, member + 1, len(teacher.folds), teacher.architecture_of(teacher.folds[member]),
-        len(crops), VIEWS, time.perf_counter() - started,
+        len(crops), len(views), time.perf_counter() - started,
     )  # fmt: skip
     return np.concatenate(columns, axis=1).astype(np.float32)
 
 
-def _write(path: Path, ids: tuple[str, ...], scores: np.ndarray) -> None:
+def _write(path: Path, ids: tuple[str, ...], views: Sequence[int], scores: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def save(tmp: Path) -> None:
         with open(tmp, "wb") as handle:  # a path not ending in .npz would get one appended
-            np.savez(handle, format=np.array(FORMAT), ids=np.array(ids), scores=scores)
+            np.savez(handle, format=np.array(FORMAT), ids=np.array(ids), views=np.array(views), scores=scores)
 
     writing.write_with(path, save)
 
 
-def _read(path: Path, ids: tuple[str, ...]) -> np.ndarray | None:
-    """A member's cached (VIEWS, crops) scores, or None when absent or made for other crops."""
+def _read(path: Path, ids: tuple[str, ...], views: Sequence[int]) -> np.ndarray | None:
+    """A member's cached (views, crops) scores, or None when absent or made for other crops or views."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            if str(data["format"]) != FORMAT or tuple(str(i) for i in data["ids"]) != ids:
+            if (
+                str(data["format"]) != FORMAT
+                or tuple(str(i) for i in data["ids"]) != ids
+                or tuple(int(v) for v in data["views"]) != tuple(views)
+            ):
                 return None
             return data["scores"]
     except (OSError, ValueError, KeyError):

@@ -105,7 +105,8 @@ def run_plan(
         teacher = None
         if config.teacher:
             cache = ensemble_dir(run_dir, d) / TEACHER_SCORES
-            table = distill.teacher_table(config.teacher, plan, plan_sha256, d, crops, cache)
+            views = distill.served_views(config.teacher)
+            table = distill.teacher_table(config.teacher, plan, plan_sha256, d, crops, cache, views)
             teacher = table.targets([s.id for s in train_samples], k)
         results.append(
             train(train_samples, val_samples, config, model_dir(run_dir, d, k), crops=crops, teacher=teacher)
@@ -309,12 +310,34 @@ def _flat_ensemble(
     return ensemble_manifest
 
 
+def recipe_differences(saved: TrainConfig, wanted: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """config_differences, but two pretrained safetensors files of the same tensors and metadata
+    are the same start: each run imports a `.tflite` into its own folder
+    (amf.tflite_import.for_run), and the metadata's key order may differ."""
+    differs = config_differences(saved, wanted)
+    if "pretrained" in differs and all(Path(str(p)).is_file() for p in differs["pretrained"]):
+        first, second = (_safetensors_content(Path(p)) for p in differs["pretrained"])
+        if first == second:
+            del differs["pretrained"]
+    return differs
+
+
+def _safetensors_content(path: Path) -> tuple[Any, bytes]:
+    """A safetensors file's header (parsed: key order aside) and tensor bytes; any other file's bytes."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    try:
+        return json.loads(data[8 : 8 + size]), data[8 + size :]
+    except (ValueError, UnicodeDecodeError):
+        return None, data
+
+
 def _refit_source(refit: Path, runs: list[Path], combined: _Combined) -> list[tuple[Path, str]]:
     """The refit model's weights, refused unless it is the folds' recipe on their plan."""
     if len(runs) != 1:
         raise InputError("a refit is served with the threshold of one run's folds: give one --run")
     folds, trained = read_run(runs[0]), read_run(refit)
-    differs = config_differences(folds.config, trained.config)
+    differs = recipe_differences(folds.config, trained.config)
     if trained.plan != folds.plan or differs:
         raise InputError(
             f"{refit}: not the refit of {runs[0]}'s recipe on its plan ({differs or 'other plan'})"

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Reproduce the ensemble in model/ and its reports from the AMi-Br data (MODEL_CARD.md).
 #
-#   model/reproduce.sh [ensemble|lodo] [AMIBR_DIR] [WORK_DIR]
+#   model/reproduce.sh [ensemble|student|lodo] [AMIBR_DIR] [WORK_DIR]
 #
 # ensemble (default): imports the vendored ImageNet MobileNets (resources/pretrained/), fine-tunes
 #   5 folds of each over the published AMi-Br training split (grouped by slide; the two
 #   networks train side by side, one core each), writes the mixed 10-model ensemble with its
 #   out-of-fold threshold into model/, then scores it once on the 826-crop test split through
 #   inference.py exactly as the container runs it.
+# student: one MobileNetV2 distilled from the ensemble in model/ (its teacher; the card's
+#   accuracy-cost front): a 5-fold run (each fold learns from the teacher folds that never saw
+#   its validation crops: out-of-fold figures and threshold), then the same recipe on every
+#   crop, assembled with its graphs (fp32, fp16, int8) into WORK_DIR/model-student; about 2 h on
+#   2 cores. Serve it with `python inference.py --model WORK_DIR/model-student`.
 # lodo: the leave-one-domain-out report (the paper's Table 2, Figures 1-2) over AMi-Br's four
 #   domains (scanner column): 4 x 5 models, into WORK_DIR/report-scanner.
 #
@@ -20,8 +25,8 @@ cd "$ROOT"
 # shellcheck source=docker/lib.sh
 source "$ROOT/docker/lib.sh"
 PART=${1:-ensemble}
-if [[ $PART != ensemble && $PART != lodo ]]; then
-    echo "usage: model/reproduce.sh [ensemble|lodo] [AMIBR_DIR] [WORK_DIR]" >&2
+if [[ $PART != ensemble && $PART != student && $PART != lodo ]]; then
+    echo "usage: model/reproduce.sh [ensemble|student|lodo] [AMIBR_DIR] [WORK_DIR]" >&2
     exit 2
 fi
 AMIBR=${2:-../shared/data/ami-br}
@@ -59,6 +64,22 @@ ensemble)
     "$PY" inference.py --input "$WORK/amibr-test-crops" --output "$WORK/amibr-test-out" --model model/
     "$PY" -m amf score --predictions "$WORK/amibr-test-out/predictions.csv" --table "$WORK/amibr-test.csv" \
         --by scanner --out "$WORK/amibr-test-metrics.json"
+    ;;
+student)
+    "$PY" -m amf plan --table "$WORK/amibr-train.csv" --domain all --out "$WORK/plan-all.json"
+    # r6 learning model/'s P(atypical) under its served views (mirror), which become augmentation;
+    # the 5 folds and the refit on every crop side by side, one core each
+    student=(--plan "$WORK/plan-all.json" --recipe r6 --teacher model/)
+    "$PY" -m amf train "${student[@]}" --out "$WORK/student" > "$WORK/student.log" 2>&1 &
+    folds=$!
+    "$PY" -m amf train "${student[@]}" --out "$WORK/student-refit" --refit > "$WORK/student-refit.log" 2>&1 &
+    refit=$!
+    wait "$folds"
+    wait "$refit"
+    "$PY" -m amf assemble --run "$WORK/student" --refit "$WORK/student-refit" --out "$WORK/model-student" \
+        --threshold youden --tta mirror
+    "$PY" -m amf export-onnx --model "$WORK/model-student" --crops test/input
+    "$PY" -m amf quantize --model "$WORK/model-student" --table "$WORK/amibr-train.csv"
     ;;
 lodo)
     "$PY" -m amf plan --table "$WORK/amibr-train.csv" --domain scanner --out "$WORK/plan-scanner.json"

@@ -5,6 +5,7 @@ and a refit on every crop is served with the threshold of its cross-validation r
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -32,17 +33,17 @@ def teacher(lodo, tmp_path: Path) -> Path:
     return tmp_path / "teacher"
 
 
-def _table(lodo, teacher: Path, cache: Path) -> tuple[distill.TeacherTable, dict]:
+def _table(lodo, teacher: Path, cache: Path, views=distill.ALL_VIEWS) -> tuple[distill.TeacherTable, dict]:
     root, plan_path, samples = lodo
     plan = load_plan(plan_path)
     crops = load_crops(samples)
-    return distill.teacher_table([teacher], plan, sha256_of(plan_path), "beta", crops, cache), crops
+    return distill.teacher_table([teacher], plan, sha256_of(plan_path), "beta", crops, cache, views), crops
 
 
 def test_teacher_scores_are_the_members_as_served_under_each_view(lodo, teacher, tmp_path):
     table, crops = _table(lodo, teacher, tmp_path / "scores")
     ensemble_manifest = manifest.load(teacher)
-    assert table.scores.shape == (2, distill.VIEWS, len(table.ids))
+    assert table.scores.shape == (2, len(distill.ALL_VIEWS), len(table.ids))
     assert table.held_out == (0, 1) == tuple(ensemble_manifest.provenance["held_out_folds"])
     member = Ensemble.load(dataclasses.replace(ensemble_manifest, folds=ensemble_manifest.folds[1:]), teacher)
     served = predict_crops(member, [crops[i] for i in table.ids], ensemble_manifest.input, tta="dihedral")
@@ -53,6 +54,8 @@ def test_teacher_scores_are_the_members_as_served_under_each_view(lodo, teacher,
     stamps = [p.stat().st_mtime_ns for p in cached]
     assert _table(lodo, teacher, tmp_path / "scores")[0].scores.tobytes() == table.scores.tobytes()
     assert [p.stat().st_mtime_ns for p in cached] == stamps  # read back, not scored again
+    assert _table(lodo, teacher, tmp_path / "scores", views=(0,))[0].scores.shape[1] == 1
+    assert [p.stat().st_mtime_ns for p in cached] != stamps  # other views: scored again
 
 
 def test_a_fold_learns_from_the_members_that_held_it_out(lodo, teacher, tmp_path):
@@ -84,13 +87,16 @@ def test_without_a_cache_only_held_out_crops_are_scored_and_out_of_fold_is_the_s
     fold_of = {i: k for k, ids in enumerate(plan.domains["beta"].folds) for i in ids}
     scored = np.array([[fold_of[i] == k for i in held.ids] for k in held.held_out])
     assert (held.scores != 0).any(axis=1).tolist() == scored.tolist()  # nothing else scored
-    for views in ([0], list(range(distill.VIEWS))):
+    for views in ([0], distill.ALL_VIEWS):
         np.testing.assert_allclose(
             held.out_of_fold(fold_of, [0, 1], views), full.out_of_fold(fold_of, [0, 1], views), atol=1e-7
         )
 
 
-def test_student_run_trains_on_the_teachers_targets(lodo, teacher, tmp_path, monkeypatch):
+def test_student_run_trains_on_the_teachers_targets_under_its_served_views(
+    lodo, teacher, tmp_path, monkeypatch
+):
+    manifest.save(dataclasses.replace(manifest.load(teacher), tta="mirror"), teacher)
     seen = []
     train = runs.train
 
@@ -101,7 +107,11 @@ def test_student_run_trains_on_the_teachers_targets(lodo, teacher, tmp_path, mon
     monkeypatch.setattr(runs, "train", spy)
     config = dataclasses.replace(TINY, teacher=(str(teacher),), teacher_weight=0.5)
     runs.run_plan(lodo[1], tmp_path / "student", config, domain="beta")
-    table, _ = _table(lodo, teacher, tmp_path / "student" / "beta" / runs.TEACHER_SCORES)
+    cache = tmp_path / "student" / "beta" / runs.TEACHER_SCORES
+    stamps = [p.stat().st_mtime_ns for p in sorted(cache.iterdir())]
+    table, _ = _table(lodo, teacher, cache, views=(0, 4))
+    assert [p.stat().st_mtime_ns for p in sorted(cache.iterdir())] == stamps  # the run's own table
+    assert table.views == distill.served_views([teacher]) == (0, 4)  # the crop and its mirror
     plan = load_plan(lodo[1])
     for k, targets in enumerate(seen):
         assert targets == table.targets(plan.split("beta", k)[0], k)
@@ -141,6 +151,28 @@ def test_refit_is_served_with_the_threshold_of_its_folds(lodo, tmp_path):
     assert served.provenance["refit"]["n_train"] == len(read_rows(cv / "beta" / runs.OOF_PREDICTIONS))
     with pytest.raises(InputError, match="no --fold or --index"):
         runs.run_plan(lodo[1], tmp_path / "refit", TINY, fold=0, refit=True)
+
+
+def test_a_refit_started_from_the_same_imported_weights_is_the_same_recipe(tmp_path):
+    """Each run imports its `.tflite` into its own folder: the same tensors and metadata, in
+    whatever key order, are the same start."""
+    from safetensors.numpy import save_file
+
+    metadata = {"source": "x.tflite", "calibration": "512 crops"}
+    tensor = {"w": np.arange(4, dtype=np.float16)}
+    save_file(tensor, tmp_path / "a", metadata=metadata)
+    save_file({"w": tensor["w"] + 1}, tmp_path / "c", metadata=metadata)
+    data = (tmp_path / "a").read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = dict(reversed(header["__metadata__"].items()))  # as another run wrote it
+    text = json.dumps(header).encode()
+    (tmp_path / "b").write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
+    assert (tmp_path / "a").read_bytes() != (tmp_path / "b").read_bytes()
+    folds, refit, other = (dataclasses.replace(TINY, pretrained=str(tmp_path / n)) for n in "abc")
+    assert runs.recipe_differences(folds, refit) == {}
+    assert set(runs.recipe_differences(folds, other)) == {"pretrained"}
+    assert set(runs.recipe_differences(folds, dataclasses.replace(refit, epochs=9))) == {"epochs"}
 
 
 def test_a_refit_of_another_recipe_is_refused(lodo, tmp_path):
