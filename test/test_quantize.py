@@ -65,11 +65,12 @@ def test_an_ensemble_without_fp32_graph_is_refused(fixture_ensemble: Path, pages
         quantize.quantize(model_dir, pages[:4], pages[4:])
 
 
-def test_a_graph_far_from_fp32_is_refused_with_nothing_written(quantized: Path, pages, monkeypatch) -> None:
-    monkeypatch.setattr(quantize, "TOLERANCE", 0.0)
+def test_a_graph_far_from_fp32_is_refused_with_nothing_written(quantized: Path, pages) -> None:
     before = manifest.load(quantized)
     (quantized / quantize.FILE).unlink()
-    with pytest.raises(ModelError, match="int8 differs from fp32 by .* nothing written"):
-        quantize.quantize(quantized, pages[:4], pages[4:])
+    with pytest.raises(
+        ModelError, match=r"int8 differs from fp32 by .* \(tolerance 0.0\); .* nothing written"
+    ):
+        quantize.quantize(quantized, pages[:4], pages[4:], tolerance=0.0)
     assert manifest.load(quantized) == before and not (quantized / quantize.FILE).exists()
     assert not list(quantized.glob(".quantize-*"))
