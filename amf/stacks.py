@@ -258,7 +258,9 @@ def _pillow_pages(path: Path, shrink_to: InputSpec | None) -> Iterator[np.ndarra
                     page = page.convert("RGBA" if "A" in page.mode or "a" in page.mode else "RGB")
                 pixels = page.width * page.height
                 if shrink_to and page.mode in _SHRINK_IN and pixels > max(SHRINK_ABOVE, shrink_to.size**2):
-                    page = resize_image(page.convert(_SHRINK_IN[page.mode]), shrink_to)
+                    if page.mode != _SHRINK_IN[page.mode]:  # Pillow's convert to the same mode copies
+                        page = page.convert(_SHRINK_IN[page.mode])
+                    page = resize_image(page, shrink_to)
                 array = np.asarray(page)
             yield array
 

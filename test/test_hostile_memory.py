@@ -87,7 +87,7 @@ def inference_peak_mib(input_path: Path, model: Path, output: Path) -> int:
 def test_a_run_on_large_pages_costs_about_one_decoded_page(exported_ensemble, tmp_path: Path) -> None:
     """`inference.py` on 8 pages of 4096^2 (deflate TIFF) against one 128^2 page: a large page is
     resized as it is decoded and freed buffers go back to the system, so the run holds about one
-    decoded page (64 MiB) more: +127 MiB on the development machine (2 cores, 2026-12-04), +223
+    decoded page (64 MiB) more: +64 MiB on the development machine (2 cores, 2026-12-04), +223
     before (the page, its array, the copies for resizing and the heap they left behind)."""
     one = tmp_path / "one.tif"
     Image.new("RGB", (128, 128), (200, 120, 180)).save(one)
