@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import load_file
 
 from amf import distill, manifest, models, writing
 from amf.config import TrainConfig, config_differences
@@ -311,25 +312,27 @@ def _flat_ensemble(
 
 
 def recipe_differences(saved: TrainConfig, wanted: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    """config_differences, but two pretrained safetensors files of the same tensors and metadata
-    are the same start: each run imports a `.tflite` into its own folder
-    (amf.tflite_import.for_run), and the metadata's key order may differ."""
+    """config_differences, but two pretrained files of the same weights are the same start: each
+    run imports a `.tflite` into its own folder (amf.tflite_import.for_run), and the metadata's
+    key order in a safetensors header differs from run to run."""
     differs = config_differences(saved, wanted)
-    if "pretrained" in differs and all(Path(str(p)).is_file() for p in differs["pretrained"]):
-        first, second = (_safetensors_content(Path(p)) for p in differs["pretrained"])
-        if first == second:
-            del differs["pretrained"]
+    if "pretrained" in differs and _same_weights(*(Path(str(p)) for p in differs["pretrained"])):
+        del differs["pretrained"]
     return differs
 
 
-def _safetensors_content(path: Path) -> tuple[Any, bytes]:
-    """A safetensors file's header (parsed: key order aside) and tensor bytes; any other file's bytes."""
-    data = path.read_bytes()
-    size = int.from_bytes(data[:8], "little")
-    try:
-        return json.loads(data[8 : 8 + size]), data[8 + size :]
-    except (ValueError, UnicodeDecodeError):
-        return None, data
+def _same_weights(first: Path, second: Path) -> bool:
+    """The same tensors and metadata (safetensors files), else the same bytes."""
+    if not (first.is_file() and second.is_file()):
+        return False
+    if first.suffix == second.suffix == ".safetensors":
+        ours, theirs = load_file(first), load_file(second)
+        return (
+            models.file_metadata(first) == models.file_metadata(second)
+            and ours.keys() == theirs.keys()
+            and all(np.array_equal(ours[name], theirs[name]) for name in ours)
+        )
+    return writing.sha256_of(first) == writing.sha256_of(second)
 
 
 def _refit_source(refit: Path, runs: list[Path], combined: _Combined) -> list[tuple[Path, str]]:

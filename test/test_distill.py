@@ -160,16 +160,18 @@ def test_a_refit_started_from_the_same_imported_weights_is_the_same_recipe(tmp_p
 
     metadata = {"source": "x.tflite", "calibration": "512 crops"}
     tensor = {"w": np.arange(4, dtype=np.float16)}
-    save_file(tensor, tmp_path / "a", metadata=metadata)
-    save_file({"w": tensor["w"] + 1}, tmp_path / "c", metadata=metadata)
-    data = (tmp_path / "a").read_bytes()
+    save_file(tensor, tmp_path / "a.safetensors", metadata=metadata)
+    save_file({"w": tensor["w"] + 1}, tmp_path / "c.safetensors", metadata=metadata)
+    data = (tmp_path / "a.safetensors").read_bytes()
     size = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + size])
     header["__metadata__"] = dict(reversed(header["__metadata__"].items()))  # as another run wrote it
     text = json.dumps(header).encode()
-    (tmp_path / "b").write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
-    assert (tmp_path / "a").read_bytes() != (tmp_path / "b").read_bytes()
-    folds, refit, other = (dataclasses.replace(TINY, pretrained=str(tmp_path / n)) for n in "abc")
+    (tmp_path / "b.safetensors").write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
+    assert (tmp_path / "a.safetensors").read_bytes() != (tmp_path / "b.safetensors").read_bytes()
+    folds, refit, other = (
+        dataclasses.replace(TINY, pretrained=str(tmp_path / f"{n}.safetensors")) for n in "abc"
+    )
     assert runs.recipe_differences(folds, refit) == {}
     assert set(runs.recipe_differences(folds, other)) == {"pretrained"}
     assert set(runs.recipe_differences(folds, dataclasses.replace(refit, epochs=9))) == {"epochs"}
