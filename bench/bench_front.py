@@ -313,11 +313,13 @@ def report(
     reference = next(c for c in costs if c.name == "reference approach")
     served = [(c, by_key[c.key]) for c in costs if c.key in by_key]
     within = [(c, a) for c, a in served if a.auroc >= best.auroc - 0.005]
-    cheapest = min(within, key=lambda pair: pair[0].ms_per_crop)[0].name if within else "none"
+    # Fewest network passes first: a count, which a loaded machine cannot reorder as it can the ms.
+    fewest = min(within, key=lambda pair: (pair[1].passes, pair[0].ms_per_crop), default=None)
+    cheapest = fewest[0].name if fewest else "none"
     lines = [
         *heading("Accuracy-cost front (out of fold on the 5-fold plan; cost of served folders)"),
         f"Best out of fold: {best.name}, ROC AUC {best.auroc:.4f}. The cheapest served folder "
-        f"within 0.005 of it: **{cheapest}**. "
+        f"within 0.005 of it (fewest network passes per crop, then fewest ms): **{cheapest}**. "
         + (f"Student recipe: `{json.dumps(asdict(student_config))}`." if student_config else "No student."),
         "",
         f"Load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end: the "
