@@ -176,22 +176,27 @@ def test_rgba_drops_alpha_and_gray_repeats(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "I;16"])
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("compression", [None, "tiff_adobe_deflate"])  # None: PNG (I;16: raw TIFF)
 def test_a_large_page_shrunk_as_decoded_has_the_pixels_of_a_resized_array(
-    tmp_path: Path, mode: str, interpolation: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mode: str, interpolation: str, compression: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`shrink_to` resizes a large 8-bit page before it becomes an array (alpha dropped first,
-    as the array path drops it): the network sees the same pixels; pages up to SHRINK_ABOVE
-    pixels (here 100 x 100) and 16-bit pages pass through as before."""
+    as the array path drops it), whether Pillow or tifffile (a deflate TIFF) decodes it: the
+    network sees the same pixels; pages up to SHRINK_ABOVE pixels (here 100 x 100) and 16-bit
+    pages pass through as before."""
     monkeypatch.setattr(stacks, "SHRINK_ABOVE", 100 * 100)
     spec = InputSpec(size=48, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation=interpolation)
     rng = np.random.default_rng(0)
-    path = tmp_path / f"page-{mode.replace(';', '')}.{'tif' if mode == 'I;16' else 'png'}"
+    suffix = "tif" if compression or mode == "I;16" else "png"
+    path = tmp_path / f"page-{mode.replace(';', '')}.{suffix}"
+    options = {"compression": compression} if compression else {}
     if mode == "I;16":
-        Image.fromarray(rng.integers(0, 65535, (150, 210), dtype=np.uint16)).save(path)
+        Image.fromarray(rng.integers(0, 65535, (150, 210), dtype=np.uint16)).save(path, **options)
     else:
-        Image.fromarray(rng.integers(0, 255, (150, 210, 4), dtype=np.uint8), "RGBA").convert(mode).save(path)
+        page = Image.fromarray(rng.integers(0, 255, (150, 210, 4), dtype=np.uint8), "RGBA").convert(mode)
+        page.save(path, **options)
     small = tmp_path / f"small-{path.name}"
-    Image.open(path).crop((0, 0, 100, 90)).save(small)
+    Image.open(path).crop((0, 0, 100, 90)).save(small, **options)
     for source in (path, small):
         (page,) = stacks.iter_pages(source, shrink_to=spec)
         (full,) = stacks.read_pages(source)
@@ -200,6 +205,66 @@ def test_a_large_page_shrunk_as_decoded_has_the_pixels_of_a_resized_array(
         (150, 210, 3) if mode == "I;16" else (48, 48, 3)
     )
     assert next(stacks.iter_pages(small, shrink_to=spec)).shape == (90, 100, 3)
+
+
+def _tiff_kinds(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, dict]]:
+    """Two pages of each kind of TIFF page, with tifffile's writing options."""
+    rgb = rng.integers(0, 256, (2, 40, 50, 3), dtype=np.uint8)
+    gray16 = rng.integers(0, 65536, (2, 40, 50), dtype=np.uint16)
+    alpha = rng.integers(0, 256, (2, 40, 50, 4), dtype=np.uint8)
+    return {
+        "rgb": (rgb, {"photometric": "rgb"}),
+        "rgb-predictor": (rgb, {"photometric": "rgb", "predictor": True}),
+        "rgb-tiled": (rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8), {"tile": (32, 32)}),
+        "rgba": (alpha, {"photometric": "rgb", "extrasamples": ["unassalpha"]}),
+        "gray": (rgb[..., 0], {"photometric": "minisblack"}),
+        "gray-alpha": (alpha[..., :2], {"photometric": "minisblack", "extrasamples": ["unassalpha"]}),
+        "gray16": (gray16, {"photometric": "minisblack", "predictor": True}),
+        # left to Pillow: its 16-bit RGB keeps the high byte, its premultiplied alpha is undone
+        "rgb16": (np.stack([gray16] * 3, axis=-1), {"photometric": "rgb"}),
+        "rgba-premultiplied": (alpha, {"photometric": "rgb", "extrasamples": ["assocalpha"]}),
+    }
+
+
+def _pillow_pages(path: Path) -> list[np.ndarray]:
+    """Each page as Pillow decodes it (libtiff for a compressed one), through to_rgb_uint8."""
+    pages = []
+    with Image.open(path) as image:
+        for index in range(image.n_frames):
+            image.seek(index)
+            page = image.convert("RGBA") if image.mode in stacks._CONVERT_TO_RGB else image
+            pages.append(stacks.to_rgb_uint8(np.asarray(page), source=str(path)))
+    return pages
+
+
+@pytest.mark.parametrize("compression", ["zlib", "deflate", "lzma"])  # codes 8, 32946, 34925
+def test_compressed_tiff_pages_tifffile_decodes_have_pillows_values_without_libtiff(
+    tmp_path: Path, compression: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deflate and LZMA pages of the kinds _tifffile_page lists are read without libtiff (which
+    maps the whole file for every page), with the values Pillow gives; other kinds still go to
+    Pillow, with the same values as before."""
+    tifffile = pytest.importorskip("tifffile")
+    kinds = _tiff_kinds(np.random.default_rng(0))
+    references = {}
+    for kind, (pages, options) in kinds.items():
+        path = tmp_path / f"{kind}.tif"
+        with tifffile.TiffWriter(path) as writer:
+            for page in pages:
+                writer.write(page, compression=compression, **options)
+        references[kind] = (path, _pillow_pages(path))
+
+    def no_libtiff(self: Image.Image) -> None:
+        raise AssertionError("libtiff decoded a page")
+
+    for kind, (path, expected) in references.items():
+        with monkeypatch.context() as patch:
+            if kind not in ("rgb16", "rgba-premultiplied"):
+                patch.setattr("PIL.TiffImagePlugin.TiffImageFile._load_libtiff", no_libtiff)
+            pages = stacks.read_pages(path)
+        assert len(pages) == 2
+        for page, reference in zip(pages, expected, strict=True):
+            np.testing.assert_array_equal(page, reference, err_msg=kind)
 
 
 def test_16_bit_gray_is_scaled_not_clipped(tmp_path: Path) -> None:
