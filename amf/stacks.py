@@ -8,8 +8,10 @@ Three input layouts are accepted:
 
 Every input is treated as hostile: only regular files whose real path lies inside the input
 folder are read, Pillow may identify only PNG, JPEG, TIFF and BMP (no format that starts another
-program), and page size and count are checked from the header before a page is decoded. Every
-page, whatever its pixel format, leaves this module as an (H, W, 3) uint8 array.
+program), and page size and count are checked from the header before a page is decoded. Pillow
+decodes every page except deflate and LZMA TIFF pages of common kinds, which tifffile reads (see
+_TIFFFILE_COMPRESSIONS). Every page, whatever its pixel format, leaves this module as an
+(H, W, 3) uint8 array.
 """
 
 from __future__ import annotations
@@ -52,11 +54,12 @@ _CONVERT_TO_RGB = ("1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"
 # pixels than SHRINK_ABOVE only: a crop keeps its full size for the report's thumbnail.
 _SHRINK_IN = {"L": "L", "LA": "L", "RGB": "RGB", "RGBA": "RGB"}
 SHRINK_ABOVE = 1024 * 1024
-# TIFF pages that tifffile decodes with the standard library (zlib, lzma): deflate (both codes) and
-# LZMA (of the kinds _tifffile_page lists: 8-bit gray or RGB, alpha or not; 16-bit gray). Pillow hands every
-# compressed TIFF page to libtiff, which maps the whole file and walks every page header for each
-# page it decodes: a 5,000-page deflate stack took 17.6 ms a page and mapped all of its 214 MB at
-# every page; tifffile reads a page's strips with plain reads. Other pages go to Pillow as before.
+# TIFF pages that tifffile decodes with the standard library (zlib, lzma): deflate (both codes)
+# and LZMA, of the kinds _tifffile_page lists (8-bit gray or RGB, alpha or not; 16-bit gray).
+# Pillow hands every compressed TIFF page to libtiff, which maps the whole file and walks every
+# page header for each page it decodes: a 5,000-page deflate stack took 17.6 ms a page and mapped
+# all of its 214 MB at every page; tifffile reads a page's strips with plain reads. Other pages
+# (LZW, JPEG, packbits, ...) go to Pillow as before.
 _TIFFFILE_COMPRESSIONS = frozenset((8, 32946, 34925))
 _TIFFFILE_PHOTOMETRICS = frozenset((1, 2))  # min-is-black gray, RGB
 

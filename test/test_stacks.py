@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -357,3 +358,11 @@ def test_header_problems_are_found_before_any_page_is_decoded(
     (tmp_path / "stack.tif").write_bytes(tiff_bytes(tmp_path, pages=3))
     assert stacks.count_pages(tmp_path / "stack.tif") == 3 and decoded == []
     assert len(stacks.read_pages(tmp_path / "stack.tif")) == 3 and len(decoded) == 3
+
+
+def test_tifffiles_warnings_go_to_the_debug_log(caplog: pytest.LogCaptureFixture) -> None:
+    """A refusal stays one ERROR line: tifffile's warnings are demoted as Pillow's are."""
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("tifffile").warning("TiffPage 0: invalid tag")
+        logging.getLogger("amf.stacks").warning("kept")
+    assert [(r.name, r.levelno) for r in caplog.records] == [("amf.stacks", logging.WARNING)]
