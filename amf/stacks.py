@@ -21,7 +21,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -61,7 +61,6 @@ SHRINK_ABOVE = 1024 * 1024
 # all of its 214 MB at every page; tifffile reads a page's strips with plain reads. Other pages
 # (LZW, JPEG, packbits, ...) go to Pillow as before.
 _TIFFFILE_COMPRESSIONS = frozenset((8, 32946, 34925))
-_TIFFFILE_PHOTOMETRICS = frozenset((1, 2))  # min-is-black gray, RGB
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +267,8 @@ def _pillow_header(path: Path) -> tuple[int, bool]:
 
 
 def _pillow_pages(path: Path, shrink_to: InputSpec | None) -> Iterator[np.ndarray]:
+    """The pages of a file Pillow identified, each decoded by Pillow or, for TIFF pages of the
+    kinds _tifffile_page takes, by tifffile."""
     with _open_image(path) as image, _tiff_pages(path, image) as tiff_pages:
         pages = getattr(image, "n_frames", 1)
         _check_pages(path, pages)
@@ -307,16 +308,16 @@ def _tiff_pages(path: Path, image: Image.Image) -> Iterator[tifffile.TiffPages |
     if image.format != "TIFF":
         yield None
         return
-    try:
-        tiff = tifffile.TiffFile(path)
-    except Exception as error:  # a TIFF that Pillow reads and tifffile does not
-        log.debug("%s: decoded by Pillow (tifffile: %s: %s)", path, type(error).__name__, error)
-        yield None
-        return
-    with tiff:
-        tiff.pages.cache = False
-        tiff.pages.useframes = False
-        yield tiff.pages if len(tiff.pages) == getattr(image, "n_frames", 1) else None
+    with ExitStack() as stack:
+        try:
+            tiff = stack.enter_context(tifffile.TiffFile(path))
+            tiff.pages.cache = False
+            tiff.pages.useframes = False
+            same_count = len(tiff.pages) == getattr(image, "n_frames", 1)
+        except Exception as error:  # a TIFF that Pillow reads and tifffile does not
+            log.debug("%s: decoded by Pillow (tifffile: %s: %s)", path, type(error).__name__, error)
+            same_count = False
+        yield tiff.pages if same_count else None
 
 
 def _tifffile_page(pages: tifffile.TiffPages | None, index: int, size: tuple[int, int]) -> np.ndarray | None:
