@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import tifffile
 from conftest import SAMPLE_INPUT, shared_data
 from hostile import count_decodes, mha_file
 from PIL import Image
@@ -245,7 +250,6 @@ def test_compressed_tiff_pages_tifffile_decodes_have_pillows_values_without_libt
     """Deflate and LZMA pages of the kinds _tifffile_page lists are read without libtiff (which
     maps the whole file for every page), with the values Pillow gives; other kinds still go to
     Pillow, with the same values as before."""
-    tifffile = pytest.importorskip("tifffile")
     kinds = _tiff_kinds(np.random.default_rng(0))
     references = {}
     for kind, (pages, options) in kinds.items():
@@ -266,6 +270,75 @@ def test_compressed_tiff_pages_tifffile_decodes_have_pillows_values_without_libt
         assert len(pages) == 2
         for page, reference in zip(pages, expected, strict=True):
             np.testing.assert_array_equal(page, reference, err_msg=kind)
+
+
+def _pillow_written(path: Path, mode: str, compression: str, rng: np.random.Generator) -> None:
+    """Three pages in `mode`, written by Pillow with `compression` (one libtiff decodes)."""
+    if mode == "I;16":
+        pages = [Image.fromarray(rng.integers(0, 65536, (40, 50), dtype=np.uint16)) for _ in range(3)]
+    else:
+        pages = [
+            Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).convert(mode) for _ in range(3)
+        ]
+    pages[0].save(path, save_all=True, append_images=pages[1:], compression=compression)
+
+
+def _tifffile_written(path: Path, bigtiff: bool, layout: dict, rng: np.random.Generator) -> None:
+    """Three 16-bit RGB deflate pages (a kind left to Pillow), classic or BigTIFF, in `layout`."""
+    with tifffile.TiffWriter(path, bigtiff=bigtiff) as writer:
+        for _ in range(3):
+            page = rng.integers(0, 65536, (64, 64, 3), dtype=np.uint16)
+            writer.write(page, photometric="rgb", compression="zlib", **layout)
+
+
+LIBTIFF_PAGES = {
+    "lzw-rgb": lambda path, rng: _pillow_written(path, "RGB", "tiff_lzw", rng),
+    "lzw-palette": lambda path, rng: _pillow_written(path, "P", "tiff_lzw", rng),
+    "lzw-gray16": lambda path, rng: _pillow_written(path, "I;16", "tiff_lzw", rng),
+    "jpeg-rgb": lambda path, rng: _pillow_written(path, "RGB", "jpeg", rng),
+    "jpeg-gray": lambda path, rng: _pillow_written(path, "L", "jpeg", rng),
+    "packbits-rgb": lambda path, rng: _pillow_written(path, "RGB", "packbits", rng),
+    "group4-bilevel": lambda path, rng: _pillow_written(path, "1", "group4", rng),
+    "deflate-cmyk": lambda path, rng: _pillow_written(path, "CMYK", "tiff_adobe_deflate", rng),
+    "deflate-rgb16-strips": lambda path, rng: _tifffile_written(path, False, {"rowsperstrip": 8}, rng),
+    "deflate-rgb16-bigtiff-tiles": lambda path, rng: _tifffile_written(path, True, {"tile": (32, 32)}, rng),
+}
+
+
+@pytest.mark.parametrize("kind", LIBTIFF_PAGES)
+def test_libtiff_decodes_each_page_from_a_copy_of_that_page_alone(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compressed page that goes to libtiff is handed to it alone, in an in-memory file that
+    holds only that page's bytes (libtiff maps the file it is given and walks every page header
+    before the page): the values are those Pillow decodes from the whole file."""
+    path = tmp_path / f"{kind}.tif"
+    LIBTIFF_PAGES[kind](path, np.random.default_rng(0))
+    copies = []
+    one_page_tiff = stacks._one_page_tiff
+
+    @contextmanager
+    def measured(tiff: tifffile.TiffFile, page: tifffile.TiffPage) -> Iterator[BinaryIO]:
+        with one_page_tiff(tiff, page) as copy:
+            with Image.open(copy) as alone:
+                frames = alone.n_frames
+            copy.seek(0)
+            copies.append((frames, os.fstat(copy.fileno()).st_blocks * 512, sum(page.databytecounts)))
+            yield copy
+
+    monkeypatch.setattr(stacks, "_one_page_tiff", measured)
+    pages = stacks.read_pages(path)
+    for page, reference in zip(pages, _pillow_pages(path), strict=True):
+        np.testing.assert_array_equal(page, reference)
+    assert len(copies) == 3
+    for frames, held, data in copies:
+        assert frames == 1 and held <= data + 3 * 4096, (frames, held, data, path.stat().st_size)
+
+
+def test_merged_byte_ranges_are_cut_to_the_file_and_copied_once() -> None:
+    """A hostile page may point every strip at the same bytes, or past the end of the file."""
+    ranges = [(40, 60), (0, 8), (50, 70), (-5, 3), (90, 200), (120, 130), (70, 80)]
+    assert stacks._merged(ranges, 100) == [(0, 8), (40, 80), (90, 100)]
 
 
 def test_16_bit_gray_is_scaled_not_clipped(tmp_path: Path) -> None:
