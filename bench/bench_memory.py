@@ -4,10 +4,15 @@ Reading streams: a page is decoded, resized to the network's input and dropped, 
 should not grow with the page count or the page size beyond one decoded page. Each case runs in
 its own process (whole process: interpreter, back end, model), measured by a parent that waits
 for it alone: peak RSS as the kernel counts it, and the private (anonymous) part of it, which
-leaves out file pages mapped read-only (libtiff, which decodes the LZW stack, maps the whole file
-for each page; tifffile reads the deflate ones). Prints a markdown table; `--out FILE` writes it too.
+leaves out file pages mapped read-only (libtiff, which decodes the LZW stack, maps what it is given:
+a copy of one page since 2026-12-04, the whole file before; tifffile reads the deflate ones).
+Prints a markdown table; `--out FILE` writes it too.
+
+With `--decode-only`, the process only reads the pages as inference does (`amf.stacks.iter_pages`
+with the ensemble's input spec), no model: the reading's own share.
 
 Usage: python bench/bench_memory.py [--workdir DIR] [--model DIR] [--backend auto|torch|onnx] [--quick]
+                                    [--decode-only]
 """
 
 from __future__ import annotations
@@ -62,12 +67,20 @@ def cases(workdir: Path) -> dict[str, Path]:
     }
 
 
-def measure(stack: Path, output: Path, extra: list[str]) -> tuple[float, int, int]:
-    """Seconds, peak RSS and peak private (anonymous) memory, in MiB, of one inference process on
-    `stack`, read from /proc every 10 ms: the kernel's high-water mark of the process's own
+# The reading alone: every page through iter_pages, shrunk to the ensemble's input as inference does
+DECODE_ONLY = """import sys
+from amf import manifest, stacks
+spec = manifest.load(sys.argv[2]).input
+for page in stacks.iter_pages(sys.argv[1], shrink_to=spec):
+    pass
+"""
+
+
+def measure(command: list[str]) -> tuple[float, int, int]:
+    """Seconds, peak RSS and peak private (anonymous) memory, in MiB, of one process running
+    `command`, read from /proc every 10 ms: the kernel's high-water mark of the process's own
     address space (VmHWM; the rusage of a forked child would count its parent's pages) and the
     largest RssAnon seen. The difference is file pages the process had mapped read-only."""
-    command = [sys.executable, "inference.py", "--input", str(stack), "--output", str(output), *extra]
     started = time.perf_counter()
     peak = private = 0
     with tempfile.TemporaryFile() as stderr:
@@ -99,11 +112,12 @@ def main() -> None:
     parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto")
     parser.add_argument("--out", type=Path, help="also write the table here")
     parser.add_argument("--quick", action="store_true", help="leave out the 5,000-page cases")
+    parser.add_argument("--decode-only", action="store_true", help="read the pages, run no model")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    extra = ["--backend", args.backend] + (["--model", str(args.model)] if args.model else [])
+    title = "reading the pages (amf.stacks.iter_pages)" if args.decode_only else "`python inference.py`"
     lines = [
-        *heading(f"Peak RSS of `python inference.py` ({args.backend} back end)"),
+        *heading(f"Peak RSS of {title} ({args.backend} back end)"),
         "| pages | file MB | decoded MB | seconds | peak RSS MiB | of it private (anonymous) MiB |",
         "|---|---|---|---|---|---|",
     ]
@@ -113,11 +127,19 @@ def main() -> None:
         with Image.open(stack) as image:
             decoded = image.n_frames * image.size[0] * image.size[1] * 3 / 1e6
             name = f"{image.n_frames:,} {name}"
-        seconds, rss, private = measure(stack, args.workdir / "out", extra)
+        seconds, rss, private = measure(_command(stack, args))
         size = stack.stat().st_size / 1e6
         lines.append(f"| {name} | {size:.1f} | {decoded:,.0f} | {seconds:.1f} | {rss} | {private} |")
         print(lines[-1], flush=True)
     emit(lines, args.out)
+
+
+def _command(stack: Path, args: argparse.Namespace) -> list[str]:
+    if args.decode_only:
+        return [sys.executable, "-c", DECODE_ONLY, str(stack), str(args.model or ROOT / "model")]
+    options = ["--backend", args.backend] + (["--model", str(args.model)] if args.model else [])
+    output = args.workdir / "out"
+    return [sys.executable, "inference.py", "--input", str(stack), "--output", str(output), *options]
 
 
 if __name__ == "__main__":
