@@ -359,54 +359,66 @@ def _page_for_pillow(
 ) -> Iterator[Image.Image]:
     """What Pillow decodes the current page from: for a compressed TIFF page, which goes to
     libtiff, a copy of the page alone (_one_page_tiff) when Pillow reads it as it reads the page
-    in the file; else `image` itself (uncompressed pages, old-style JPEG, no memfd, NDPI)."""
-    if (
-        tiff is None
-        or page is None
-        or page.compression in (1, 6)
-        or tiff.tiff.is_ndpi
-        or not hasattr(os, "memfd_create")
-    ):
+    in the file; else `image` itself (uncompressed pages, old-style JPEG, no memfd, NDPI, a page
+    whose bytes _page_bytes will not copy)."""
+    copyable = tiff is not None and page is not None and page.compression not in (1, 6)
+    found = _page_bytes(tiff, page) if copyable and hasattr(os, "memfd_create") else None
+    if found is None:
         yield image
         return
-    with _one_page_tiff(tiff, page) as copy, Image.open(copy, formats=("TIFF",)) as alone:
+    with _one_page_tiff(tiff, page, *found) as copy, Image.open(copy, formats=("TIFF",)) as alone:
         yield alone if (alone.size, alone.mode) == (image.size, image.mode) else image
 
 
-@contextmanager
-def _one_page_tiff(tiff: tifffile.TiffFile, page: tifffile.TiffPage) -> Iterator[BinaryIO]:
-    """Page `page` alone, in an in-memory file (memfd) that libtiff can map: of the TIFF's size but
-    holding only the header, the page's IFD, its tag values and its strips or tiles, each at its
-    own offset (the rest is a hole that takes no memory); the header points at the page and the
-    page at no next one. Given the file, libtiff maps all of it and walks every page header before
-    the page: a 5,000-page LZW stack of 282 MB added 305 MB of mapped file to the peak RSS."""
+def _page_bytes(tiff: tifffile.TiffFile, page: tifffile.TiffPage) -> tuple[list[tuple[int, int]], int] | None:
+    """The byte ranges libtiff reads for `page` (the header, the page's IFD, its tag values and its
+    strips or tiles, overlaps joined) and where the IFD's next-page offset lies. None where a copy
+    would not pay or not be faithful: NDPI offsets, an IFD that runs past the end, more bytes than
+    twice the decoded page and 1 MiB (a hostile page may claim the whole file; libtiff, given the
+    file, reads only what it needs)."""
     form, source = tiff.tiff, tiff.filehandle
     source.seek(page.offset)
     (tags,) = struct.unpack(form.tagnoformat, source.read(form.tagnosize))
     entries = page.offset + form.tagnosize
-    next_page = entries + tags * form.tagsize  # where the IFD's next-page offset lies
-    first_page = 8 if form.is_bigtiff else 4  # where the header's first-page offset lies
-    ranges = [(0, first_page + form.offsetsize), (page.offset, next_page + form.offsetsize)]
+    next_page = entries + tags * form.tagsize  # the IFD's next-page offset lies here
+    if form.is_ndpi or next_page + form.offsetsize > source.size:
+        return None
+    ranges = [(0, _first_page_at(form) + form.offsetsize), (page.offset, next_page + form.offsetsize)]
     source.seek(entries)
-    ifd = source.read(min(next_page - entries, source.size))
-    for _, kind, count, value in struct.iter_unpack(
-        form.tagheaderformat, ifd[: len(ifd) - len(ifd) % form.tagsize]
-    ):
+    for _, kind, count, value in struct.iter_unpack(form.tagheaderformat, source.read(next_page - entries)):
         nbytes = _TAG_TYPE_BYTES.get(kind, 0) * count
         if nbytes > form.tagoffsetthreshold:  # the value lies elsewhere, at the offset given
             (offset,) = struct.unpack(form.offsetformat, value)
             ranges.append((offset, offset + nbytes))
-    ranges += [
-        (offset, offset + size) for offset, size in zip(page.dataoffsets, page.databytecounts, strict=False)
-    ]
+    strips = zip(page.dataoffsets, page.databytecounts, strict=False)
+    merged = _merged(ranges + [(offset, offset + size) for offset, size in strips], source.size)
+    within = sum(end - start for start, end in merged) <= 2 * page.nbytes + (1 << 20)
+    return (merged, next_page) if within else None
+
+
+def _first_page_at(form: tifffile.TiffFormat) -> int:
+    """Where the header's offset of the first page lies (classic TIFF or BigTIFF)."""
+    return 8 if form.is_bigtiff else 4
+
+
+@contextmanager
+def _one_page_tiff(
+    tiff: tifffile.TiffFile, page: tifffile.TiffPage, ranges: list[tuple[int, int]], next_page: int
+) -> Iterator[BinaryIO]:
+    """Page `page` alone, in an in-memory file (memfd) that libtiff can map: of the TIFF's size but
+    holding only `ranges` (_page_bytes), each at its own offset (the rest is a hole that takes no
+    memory); the header points at the page and the page at no next one. Given the file, libtiff
+    maps all of it and walks every page header before the page: a 5,000-page LZW stack of 282 MB
+    added 305 MB of mapped file to the peak RSS."""
+    form, source = tiff.tiff, tiff.filehandle
     with os.fdopen(os.memfd_create("amf-tiff-page", os.MFD_CLOEXEC), "w+b") as copy:
         copy.truncate(source.size)
-        for start, end in _merged(ranges, source.size):
+        for start, end in ranges:
             for at in range(start, end, _COPY_CHUNK):
                 source.seek(at)
                 copy.seek(at)
                 copy.write(source.read(min(_COPY_CHUNK, end - at)))
-        copy.seek(first_page)
+        copy.seek(_first_page_at(form))
         copy.write(struct.pack(form.offsetformat, page.offset))
         copy.seek(next_page)
         copy.write(struct.pack(form.offsetformat, 0))

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from contextlib import AbstractContextManager as ContextManager
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -318,8 +319,8 @@ def test_libtiff_decodes_each_page_from_a_copy_of_that_page_alone(
     one_page_tiff = stacks._one_page_tiff
 
     @contextmanager
-    def measured(tiff: tifffile.TiffFile, page: tifffile.TiffPage) -> Iterator[BinaryIO]:
-        with one_page_tiff(tiff, page) as copy:
+    def measured(tiff: tifffile.TiffFile, page: tifffile.TiffPage, *where: object) -> Iterator[BinaryIO]:
+        with one_page_tiff(tiff, page, *where) as copy:
             with Image.open(copy) as alone:
                 frames = alone.n_frames
             copy.seek(0)
@@ -333,6 +334,36 @@ def test_libtiff_decodes_each_page_from_a_copy_of_that_page_alone(
     assert len(copies) == 3
     for frames, held, data in copies:
         assert frames == 1 and held <= data + 3 * 4096, (frames, held, data, path.stat().st_size)
+
+
+def test_a_page_claiming_more_bytes_than_it_can_use_is_not_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A strip that claims the rest of a 3 MB file: the page is not copied (that would hold the
+    claim in memory) but decoded from the file as before, to the values Pillow gives."""
+    path = tmp_path / "claims.tif"
+    rng = np.random.default_rng(0)
+    pages = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(200)]
+    pages[0].save(path, save_all=True, append_images=pages[1:], compression="tiff_lzw")
+    with tifffile.TiffFile(path) as tiff:
+        counts = tiff.pages[0].tags["StripByteCounts"]
+        offset = tiff.pages[0].dataoffsets[0]
+        assert counts.count == 1 and counts.dtype == tifffile.DATATYPE.LONG
+    with path.open("r+b") as file:
+        file.seek(counts.valueoffset)
+        file.write(int(path.stat().st_size - offset).to_bytes(4, "little"))
+    one_page_tiff, copied = stacks._one_page_tiff, []
+
+    def recorded(
+        tiff: tifffile.TiffFile, page: tifffile.TiffPage, *where: object
+    ) -> ContextManager[BinaryIO]:
+        copied.append(page.index)
+        return one_page_tiff(tiff, page, *where)
+
+    monkeypatch.setattr(stacks, "_one_page_tiff", recorded)
+    for page, reference in zip(stacks.read_pages(path), _pillow_pages(path), strict=True):
+        np.testing.assert_array_equal(page, reference)
+    assert copied == list(range(1, 200))
 
 
 def test_merged_byte_ranges_are_cut_to_the_file_and_copied_once() -> None:
