@@ -17,6 +17,7 @@ an (H, W, 3) uint8 array.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -70,6 +71,7 @@ _TIFFFILE_COMPRESSIONS = frozenset((8, 32946, 34925))
 _TAG_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
 _TAG_TYPE_BYTES |= {16: 8, 17: 8, 18: 8}
 _COPY_CHUNK = 1 << 20
+_MAX_STRIPS = 1 << 16  # strips or tiles a page may have to be copied (a 4096^2 page of 16^2 tiles)
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +364,7 @@ def _page_for_pillow(
     in the file; else `image` itself (uncompressed pages, old-style JPEG, no memfd, NDPI, a page
     whose bytes _page_bytes will not copy)."""
     copyable = tiff is not None and page is not None and page.compression not in (1, 6)
-    found = _page_bytes(tiff, page) if copyable and hasattr(os, "memfd_create") else None
+    found = _page_bytes(tiff, page, image.size) if copyable and _memfd_works() else None
     if found is None:
         yield image
         return
@@ -370,18 +372,32 @@ def _page_for_pillow(
         yield alone if (alone.size, alone.mode) == (image.size, image.mode) else image
 
 
-def _page_bytes(tiff: tifffile.TiffFile, page: tifffile.TiffPage) -> tuple[list[tuple[int, int]], int] | None:
+def _page_bytes(
+    tiff: tifffile.TiffFile, page: tifffile.TiffPage, size: tuple[int, int]
+) -> tuple[list[tuple[int, int]], int] | None:
     """The byte ranges libtiff reads for `page` (the header, the page's IFD, its tag values and its
     strips or tiles, overlaps joined) and where the IFD's next-page offset lies. None where a copy
-    would not pay or not be faithful: NDPI offsets, an IFD that runs past the end, more bytes than
-    twice the decoded page and 1 MiB (a hostile page may claim the whole file; libtiff, given the
-    file, reads only what it needs)."""
+    would not pay or not be faithful: NDPI offsets; a page not of Pillow's `size` or of a depth
+    (which Pillow ignores); strip sizes missing or zero (libtiff then guesses from the file's
+    size); more than _MAX_STRIPS strips; an IFD that runs past the end; a strip over the offsets
+    the copy rewrites; more bytes than twice the decoded page and 1 MiB (a hostile page may claim
+    the whole file; libtiff, given the file, reads only what it needs)."""
     form, source = tiff.tiff, tiff.filehandle
+    counts = page.databytecounts
+    if (
+        form.is_ndpi
+        or (page.imagewidth, page.imagelength, page.imagedepth) != (*size, 1)
+        or not (279 in page.tags or 325 in page.tags)  # StripByteCounts, TileByteCounts
+        or not 0 < len(counts) <= _MAX_STRIPS
+        or min(counts) == 0
+    ):
+        return None
     source.seek(page.offset)
     (tags,) = struct.unpack(form.tagnoformat, source.read(form.tagnosize))
     entries = page.offset + form.tagnosize
     next_page = entries + tags * form.tagsize  # the IFD's next-page offset lies here
-    if form.is_ndpi or next_page + form.offsetsize > source.size:
+    rewritten = (_first_page_at(form), next_page)
+    if next_page + form.offsetsize > source.size:
         return None
     ranges = [(0, _first_page_at(form) + form.offsetsize), (page.offset, next_page + form.offsetsize)]
     source.seek(entries)
@@ -390,10 +406,22 @@ def _page_bytes(tiff: tifffile.TiffFile, page: tifffile.TiffPage) -> tuple[list[
         if nbytes > form.tagoffsetthreshold:  # the value lies elsewhere, at the offset given
             (offset,) = struct.unpack(form.offsetformat, value)
             ranges.append((offset, offset + nbytes))
-    strips = zip(page.dataoffsets, page.databytecounts, strict=False)
-    merged = _merged(ranges + [(offset, offset + size) for offset, size in strips], source.size)
+    strips = [(offset, offset + count) for offset, count in zip(page.dataoffsets, counts, strict=False)]
+    if any(start < at + form.offsetsize and at < end for start, end in strips for at in rewritten):
+        return None
+    merged = _merged(ranges + strips, source.size)
     within = sum(end - start for start, end in merged) <= 2 * page.nbytes + (1 << 20)
     return (merged, next_page) if within else None
+
+
+@functools.cache
+def _memfd_works() -> bool:
+    """Whether in-memory files can be made here (Linux; a sandbox may refuse the call)."""
+    try:
+        os.close(os.memfd_create("amf-probe", os.MFD_CLOEXEC))
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def _first_page_at(form: tifffile.TiffFormat) -> int:

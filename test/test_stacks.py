@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import tifffile
 from conftest import SAMPLE_INPUT, shared_data
 from hostile import count_decodes, mha_file
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
 from amf import stacks
 from amf.errors import InputError
@@ -364,6 +364,75 @@ def test_a_page_claiming_more_bytes_than_it_can_use_is_not_copied(
     for page, reference in zip(stacks.read_pages(path), _pillow_pages(path), strict=True):
         np.testing.assert_array_equal(page, reference)
     assert copied == list(range(1, 200))
+
+
+def _crafted(path: Path, kind: str) -> None:
+    """Three compressed pages; page 1 then crafted so that a copy of it would not decode as the file does."""
+    rng = np.random.default_rng(0)
+    pages = [Image.fromarray(rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)) for _ in range(3)]
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    if kind == "image-depth":  # tifffile's ImageDepth (Pillow ignores it) would raise the byte limit
+        info[32997], info.tagtype[32997] = 1000, 4
+    compression = "packbits" if kind == "strip-over-the-header" else "tiff_lzw"  # packbits decodes any bytes
+    pages[0].save(path, save_all=True, append_images=pages[1:], compression=compression, tiffinfo=info)
+    with tifffile.TiffFile(path) as tiff:
+        offsets, counts = (tiff.pages[1].tags[name] for name in ("StripOffsets", "StripByteCounts"))
+    with path.open("r+b") as file:
+        if kind == "byte-counts-missing":  # the tag renamed: libtiff guesses the size from the file's
+            file.seek(counts.offset)
+            file.write((65001).to_bytes(2, "little"))
+        elif kind == "byte-count-zero":
+            file.seek(counts.valueoffset)
+            file.write(bytes(4))
+        elif kind == "strip-over-the-header":  # the copy rewrites the header's first-page offset
+            file.seek(offsets.valueoffset)
+            file.write(bytes(4))
+            file.seek(counts.valueoffset)
+            file.write((counts.value[0] + offsets.value[0]).to_bytes(4, "little"))
+
+
+@pytest.mark.parametrize(
+    "kind", ["byte-counts-missing", "byte-count-zero", "strip-over-the-header", "image-depth"]
+)
+def test_a_page_a_copy_would_decode_otherwise_is_decoded_from_the_file(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crafted pages (found in review) that libtiff reads other than a one-page copy would show
+    it, or that would lift the copy's byte limit: decoded from the file, to Pillow's values."""
+    path = tmp_path / f"{kind}.tif"
+    _crafted(path, kind)
+    one_page_tiff, copied = stacks._one_page_tiff, []
+
+    def recorded(
+        tiff: tifffile.TiffFile, page: tifffile.TiffPage, *where: object
+    ) -> ContextManager[BinaryIO]:
+        copied.append(page.index)
+        return one_page_tiff(tiff, page, *where)
+
+    monkeypatch.setattr(stacks, "_one_page_tiff", recorded)
+    for page, reference in zip(stacks.read_pages(path), _pillow_pages(path), strict=True):
+        np.testing.assert_array_equal(page, reference)
+    assert copied == ([] if kind == "image-depth" else [0, 2])
+
+
+def test_without_in_memory_files_pages_are_decoded_from_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sandbox that refuses memfd_create: libtiff reads the file itself, as before."""
+
+    def refused(*args: object) -> int:
+        raise PermissionError("memfd_create: operation not permitted")
+
+    monkeypatch.setattr(os, "memfd_create", refused)
+    stacks._memfd_works.cache_clear()
+    path = tmp_path / "lzw.tif"
+    _pillow_written(path, "RGB", "tiff_lzw", np.random.default_rng(0))
+    try:
+        for page, reference in zip(stacks.read_pages(path), _pillow_pages(path), strict=True):
+            np.testing.assert_array_equal(page, reference)
+        assert not stacks._memfd_works()
+    finally:
+        stacks._memfd_works.cache_clear()
 
 
 def test_merged_byte_ranges_are_cut_to_the_file_and_copied_once() -> None:
