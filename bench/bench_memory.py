@@ -115,9 +115,11 @@ def main() -> None:
     parser.add_argument("--decode-only", action="store_true", help="read the pages, run no model")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    title = "reading the pages (amf.stacks.iter_pages)" if args.decode_only else "`python inference.py`"
+    title = "reading the pages (amf.stacks.iter_pages, no model)"
+    if not args.decode_only:
+        title = f"`python inference.py` ({args.backend} back end)"
     lines = [
-        *heading(f"Peak RSS of {title} ({args.backend} back end)"),
+        *heading(f"Peak RSS of {title}"),
         "| pages | file MB | decoded MB | seconds | peak RSS MiB | of it private (anonymous) MiB |",
         "|---|---|---|---|---|---|",
     ]
