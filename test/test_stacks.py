@@ -336,6 +336,23 @@ def test_libtiff_decodes_each_page_from_a_copy_of_that_page_alone(
         assert frames == 1 and held <= data + 3 * 4096, (frames, held, data, path.stat().st_size)
 
 
+def _pages_copied(path: Path, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pages of `path` handed to libtiff as one-page copies, checking that every page comes out
+    with the values Pillow decodes from the whole file."""
+    one_page_tiff, copied = stacks._one_page_tiff, []
+
+    def recorded(
+        tiff: tifffile.TiffFile, page: tifffile.TiffPage, *where: object
+    ) -> ContextManager[BinaryIO]:
+        copied.append(page.index)
+        return one_page_tiff(tiff, page, *where)
+
+    monkeypatch.setattr(stacks, "_one_page_tiff", recorded)
+    for page, reference in zip(stacks.read_pages(path), _pillow_pages(path), strict=True):
+        np.testing.assert_array_equal(page, reference)
+    return copied
+
+
 def test_a_page_claiming_more_bytes_than_it_can_use_is_not_copied(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -352,18 +369,7 @@ def test_a_page_claiming_more_bytes_than_it_can_use_is_not_copied(
     with path.open("r+b") as file:
         file.seek(counts.valueoffset)
         file.write(int(path.stat().st_size - offset).to_bytes(4, "little"))
-    one_page_tiff, copied = stacks._one_page_tiff, []
-
-    def recorded(
-        tiff: tifffile.TiffFile, page: tifffile.TiffPage, *where: object
-    ) -> ContextManager[BinaryIO]:
-        copied.append(page.index)
-        return one_page_tiff(tiff, page, *where)
-
-    monkeypatch.setattr(stacks, "_one_page_tiff", recorded)
-    for page, reference in zip(stacks.read_pages(path), _pillow_pages(path), strict=True):
-        np.testing.assert_array_equal(page, reference)
-    assert copied == list(range(1, 200))
+    assert _pages_copied(path, monkeypatch) == list(range(1, 200))
 
 
 def _crafted(path: Path, kind: str) -> None:
@@ -401,18 +407,7 @@ def test_a_page_a_copy_would_decode_otherwise_is_decoded_from_the_file(
     it, or that would lift the copy's byte limit: decoded from the file, to Pillow's values."""
     path = tmp_path / f"{kind}.tif"
     _crafted(path, kind)
-    one_page_tiff, copied = stacks._one_page_tiff, []
-
-    def recorded(
-        tiff: tifffile.TiffFile, page: tifffile.TiffPage, *where: object
-    ) -> ContextManager[BinaryIO]:
-        copied.append(page.index)
-        return one_page_tiff(tiff, page, *where)
-
-    monkeypatch.setattr(stacks, "_one_page_tiff", recorded)
-    for page, reference in zip(stacks.read_pages(path), _pillow_pages(path), strict=True):
-        np.testing.assert_array_equal(page, reference)
-    assert copied == ([] if kind == "image-depth" else [0, 2])
+    assert _pages_copied(path, monkeypatch) == ([] if kind == "image-depth" else [0, 2])
 
 
 def test_without_in_memory_files_pages_are_decoded_from_the_file(
