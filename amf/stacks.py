@@ -65,11 +65,9 @@ SHRINK_ABOVE = 1024 * 1024
 # all of its 214 MB at every page; tifffile reads a page's strips with plain reads. Other pages
 # (LZW, JPEG, packbits, ...) go to Pillow as before, from a copy of the page alone.
 _TIFFFILE_COMPRESSIONS = frozenset((8, 32946, 34925))
-# Bytes per value of each TIFF tag type (BYTE, ASCII, SHORT, LONG, RATIONAL, SBYTE, UNDEFINED,
-# SSHORT, SLONG, SRATIONAL, FLOAT, DOUBLE, IFD; BigTIFF's LONG8, SLONG8, IFD8): where a page's
-# tag values lie, for _one_page_tiff.
-_TAG_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
-_TAG_TYPE_BYTES |= {16: 8, 17: 8, 18: 8}
+# Bytes per value of each TIFF tag type, from tifffile's struct formats: where a page's tag
+# values lie, for _one_page_tiff.
+_TAG_TYPE_BYTES = {kind: struct.calcsize("<" + form) for kind, form in tifffile.TIFF.DATA_FORMATS.items()}
 _COPY_CHUNK = 1 << 20
 _MAX_STRIPS = 1 << 16  # strips or tiles a page may have to be copied (a 4096^2 page of 16^2 tiles)
 
