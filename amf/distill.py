@@ -106,12 +106,13 @@ def teacher_table(
     crops: dict[str, np.ndarray],
     cache: Path | None,
     views: Sequence[int] = ALL_VIEWS,
+    held_out_only: bool = False,
 ) -> TeacherTable:
     """Every member of the ensembles in `teachers` on every crop of `domain`, under `views`.
 
     Each member's scores are kept in `cache` (a folder, one file per member weights' sha256), so
     a student of other settings, or of another mix of the same members, scores nothing twice.
-    Without a cache each member scores only the crops of the fold it held out (zero elsewhere):
+    `held_out_only`: each member scores only the crops of the fold it held out (zero elsewhere):
     all that out-of-fold figures need, at 1/n_folds of the work; such a table teaches no student.
 
     Raises:
@@ -126,33 +127,22 @@ def teacher_table(
         held_out += folds
         for member, (fold, k) in enumerate(zip(teacher.folds, folds, strict=True)):
             member_architectures.append(teacher.architecture_of(fold))
-            if cache is None:
-                held = set(plan.domains[domain].folds[k])
-                scores.append(_held_out_views(teacher, member, Path(teacher_dir), ids, crops, held, views))
-                continue
-            path = Path(cache) / f"{fold.sha256 or writing.sha256_of(Path(teacher_dir) / fold.file)}.npz"
-            cached = _read(path, ids, views)
-            if cached is None:
-                cached = _member_views(teacher, member, Path(teacher_dir), [crops[i] for i in ids], views)
-                _write(path, ids, views, cached)
-            scores.append(cached)
+            held = set(plan.domains[domain].folds[k]) if held_out_only else set(ids)
+            member_ids = tuple(i for i in ids if i in held)
+            path = None
+            if cache is not None:
+                sha256 = fold.sha256 or writing.sha256_of(Path(teacher_dir) / fold.file)
+                path = Path(cache) / f"{sha256}{'-held-out' if held_out_only else ''}.npz"
+            member_scores = None if path is None else _read(path, member_ids, views)
+            if member_scores is None:
+                member_crops = [crops[i] for i in member_ids]
+                member_scores = _member_views(teacher, member, Path(teacher_dir), member_crops, views)
+                if path is not None:
+                    _write(path, member_ids, views, member_scores)
+            spread = np.zeros((len(views), len(ids)), np.float32)
+            spread[:, [c for c, i in enumerate(ids) if i in held]] = member_scores
+            scores.append(spread)
     return TeacherTable(ids, tuple(views), tuple(held_out), tuple(member_architectures), np.stack(scores))
-
-
-def _held_out_views(
-    teacher: Manifest,
-    member: int,
-    teacher_dir: Path,
-    ids: tuple[str, ...],
-    crops: dict[str, np.ndarray],
-    held: set[str],
-    views: Sequence[int],
-) -> np.ndarray:
-    """(views, crops) of one member on the crops it held out, zero on the others."""
-    columns = [c for c, i in enumerate(ids) if i in held]
-    scores = np.zeros((len(views), len(ids)), np.float32)
-    scores[:, columns] = _member_views(teacher, member, teacher_dir, [crops[ids[c]] for c in columns], views)
-    return scores
 
 
 def _member_views(

@@ -268,7 +268,9 @@ def change_views(model: Path, plan_path: Path, tta: str, method: str = "youden")
     plan = load_plan(plan_path)
     samples = plan_samples(plan)
     crops = load_crops(check_images(list(samples.values()), strict=True))
-    table = distill.teacher_table([model], plan, writing.sha256_of(plan_path), domain, crops, None)
+    table = distill.teacher_table(
+        [model], plan, writing.sha256_of(plan_path), domain, crops, None, held_out_only=True
+    )
     fold_of = {i: k for k, ids in enumerate(plan.domains[domain].folds) for i in ids}
     scores = table.out_of_fold(fold_of, range(len(served.folds)), TTA_VIEWS[tta])
     labels = np.array([samples[i].label for i in table.ids])

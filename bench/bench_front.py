@@ -3,9 +3,9 @@
 Accuracy, on the card's 5-fold plan of the AMi-Br training split (never the test split):
 
 - teacher ensembles: every mix of the teachers' networks under 1, 2, 4 or 8 dihedral views, from
-  each member's scores on the crops of the fold it held out (amf.distill.teacher_table without a
-  cache): a crop is scored by the members that never saw it, one per network. A mix of fewer
-  networks is also an ensemble of fewer folds (5 per network);
+  each member's scores on the crops of the fold it held out (amf.distill.teacher_table,
+  held_out_only; kept in --cache between runs): a crop is scored by the members that never saw
+  it, one per network. A mix of fewer networks is also an ensemble of fewer folds (5 per network);
 - the student: its cross-validation run's folds on their validation crops, fp32 and int8
   (each fold exported and quantised, calibrated on that fold's training crops), 1 and 2 views.
 
@@ -16,7 +16,7 @@ the served path reads (graph plus the fold files it reads its weights from).
 
 Usage:
     python bench/bench_front.py --plan PLAN --teacher DIR [--teacher DIR ...]
-        [--student-run RUN --student DIR] [--out FILE] [--plot FILE]
+        [--student-run RUN --student DIR] [--cache DIR] [--accuracy-only] [--out FILE] [--plot FILE]
 """
 
 from __future__ import annotations
@@ -279,6 +279,10 @@ def main() -> None:
     parser.add_argument("--student-run", type=Path, help="the student's cross-validation run")
     parser.add_argument("--student", type=Path, help="the served student (with its int8 graph)")
     parser.add_argument("--rounds", type=int, default=3, help="cold starts of each, alternated")
+    parser.add_argument("--cache", type=Path, help="keep each member's scores here for the next run")
+    parser.add_argument(
+        "--accuracy-only", action="store_true", help="the out-of-fold table only, no served folder measured"
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
@@ -289,7 +293,9 @@ def main() -> None:
     samples = plan_samples(plan)
     crops = load_crops(list(samples.values()))
     fold_of = {i: k for k, ids in enumerate(plan.domains["all"].folds) for i in ids}
-    table = distill.teacher_table(args.teacher, plan, writing.sha256_of(args.plan), "all", crops, None)
+    table = distill.teacher_table(
+        args.teacher, plan, writing.sha256_of(args.plan), "all", crops, args.cache, held_out_only=True
+    )
     labels = np.array([samples[i].label for i in table.ids])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -297,6 +303,9 @@ def main() -> None:
         if args.student_run:
             label_of = {i: s.label for i, s in samples.items()}
             accuracy += student_fronts(args.student_run, plan, crops, label_of, work)
+        if args.accuracy_only:
+            emit([*heading("Out-of-fold accuracy on the 5-fold plan"), *accuracy_lines(accuracy)], args.out)
+            return
         networks = list(dict.fromkeys(table.member_architectures))
         images = sorted(AMIBR_PATCHES.rglob("*.png"))
         folders = served_folders(args, networks, work / "served")
@@ -337,19 +346,27 @@ def report(
         f"| reference approach (EfficientNetV2-M, 1 crop per call) | | | {reference.ms_per_crop:.2f} | "
         f"{1000 / reference.ms_per_crop:.1f} | {reference.cold_s:.2f} | {reference.peak_mib:.0f} | |",
         "",
+        *accuracy_lines(accuracy),
+    ]
+    emit(lines, args.out)
+    if args.plot:
+        plot(served, reference.ms_per_crop, args.plot)
+
+
+def accuracy_lines(accuracy: list[Accuracy]) -> list[str]:
+    """The out-of-fold table: every mix of the teachers' networks and the student, best first."""
+    best = max(row.auroc for row in accuracy)
+    return [
         "Every mix of the teachers' networks and the student, out of fold (passes: per crop, 5 folds):",
         "",
         "| out of fold | ROC AUC | balanced acc. (Youden) | passes per crop | within 0.005 of the best |",
         "|---|---:|---:|---:|---|",
         *(
             f"| {row.name} | {row.auroc:.4f} | {row.balanced:.4f} | {row.passes} | "
-            f"{'yes' if row.auroc >= best.auroc - 0.005 else ''} |"
+            f"{'yes' if row.auroc >= best - 0.005 else ''} |"
             for row in sorted(accuracy, key=lambda row: -row.auroc)
         ),
     ]
-    emit(lines, args.out)
-    if args.plot:
-        plot(served, reference.ms_per_crop, args.plot)
 
 
 if __name__ == "__main__":

@@ -33,11 +33,16 @@ def teacher(lodo, tmp_path: Path) -> Path:
     return tmp_path / "teacher"
 
 
-def _table(lodo, teacher: Path, cache: Path, views=distill.ALL_VIEWS) -> tuple[distill.TeacherTable, dict]:
+def _table(
+    lodo, teacher: Path, cache: Path | None, views=distill.ALL_VIEWS, held_out_only: bool = False
+) -> tuple[distill.TeacherTable, dict]:
     root, plan_path, samples = lodo
     plan = load_plan(plan_path)
     crops = load_crops(samples)
-    return distill.teacher_table([teacher], plan, sha256_of(plan_path), "beta", crops, cache, views), crops
+    table = distill.teacher_table(
+        [teacher], plan, sha256_of(plan_path), "beta", crops, cache, views, held_out_only=held_out_only
+    )
+    return table, crops
 
 
 def test_teacher_scores_are_the_members_as_served_under_each_view(lodo, teacher, tmp_path):
@@ -80,9 +85,20 @@ def test_out_of_fold_scores_are_each_folds_own_validation_predictions(lodo, teac
             assert oof[row["id"]] == pytest.approx(float(row["p_atypical"]), abs=1e-6)
 
 
-def test_without_a_cache_only_held_out_crops_are_scored_and_out_of_fold_is_the_same(lodo, teacher, tmp_path):
+@pytest.mark.parametrize("cached", [False, True])
+def test_held_out_only_scores_each_members_held_out_crops_and_out_of_fold_is_the_same(
+    lodo, teacher, tmp_path, cached
+):
     full, _ = _table(lodo, teacher, tmp_path / "scores")
-    held, _ = _table(lodo, teacher, None)
+    cache = tmp_path / "held-out-scores" if cached else None
+    held, _ = _table(lodo, teacher, cache, held_out_only=True)
+    if cached:  # kept apart from the full tables, read back the next time
+        assert sorted(p.name for p in cache.iterdir()) == sorted(
+            p.stem + "-held-out.npz" for p in (tmp_path / "scores").iterdir()
+        )
+        stamps = [p.stat().st_mtime_ns for p in sorted(cache.iterdir())]
+        assert _table(lodo, teacher, cache, held_out_only=True)[0].scores.tobytes() == held.scores.tobytes()
+        assert [p.stat().st_mtime_ns for p in sorted(cache.iterdir())] == stamps  # not scored again
     plan = load_plan(lodo[1])
     fold_of = {i: k for k, ids in enumerate(plan.domains["beta"].folds) for i in ids}
     scored = np.array([[fold_of[i] == k for i in held.ids] for k in held.held_out])
