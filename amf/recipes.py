@@ -44,6 +44,7 @@ _COMMON = TrainConfig(
 )
 # From scratch: efficientvit_m0, 15 epochs at lr 2e-3 (r1: hard labels; r4: soft labels).
 _SCRATCH = replace(_COMMON, epochs=15, lr=2e-3, workers=1)
+_LITE2 = replace(_COMMON, architecture="tf_efficientnet_lite2", pretrained="efficientnet-lite2")
 
 RECIPES: dict[str, TrainConfig] = {
     name: replace(config, recipe_name=name)
@@ -61,6 +62,8 @@ RECIPES: dict[str, TrainConfig] = {
             pretrained=str(TFLITE / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"),
         ),
         "lite0-128": replace(_COMMON, architecture="tf_efficientnet_lite0", pretrained="efficientnet-lite0"),
-        "lite2-128": replace(_COMMON, architecture="tf_efficientnet_lite2", pretrained="efficientnet-lite2"),
+        "lite2-128": _LITE2,
+        # The same network on the 128 px crops resized to 160 px: objects nearer ImageNet's scale.
+        "lite2-160": replace(_LITE2, size=160),
     }.items()
 }

@@ -15,7 +15,7 @@ from amf import models, recipes, runs, train, weight_packages
 from amf.__main__ import main
 from amf.config import TrainConfig, config_differences
 
-EXPECTED = {"r1", "r4", "r6", "r7", "lite0-128", "lite2-128"}
+EXPECTED = {"r1", "r4", "r6", "r7", "lite0-128", "lite2-128", "lite2-160"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -50,6 +50,8 @@ def test_the_recipes_are_those_the_card_names() -> None:
         "architecture": ("tf_efficientnet_lite0", "tf_efficientnet_lite2"),
         "pretrained": ("efficientnet-lite0", "efficientnet-lite2"),
     }
+    lite2 = recipes.RECIPES["lite2-128"]
+    assert config_differences(lite2, recipes.RECIPES["lite2-160"]) == {"size": (128, 160)}
 
 
 def _trained_config(monkeypatch: pytest.MonkeyPatch, *argv: str) -> TrainConfig:
