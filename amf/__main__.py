@@ -399,6 +399,34 @@ def _assemble(args: argparse.Namespace) -> None:
     _print_out_of_fold(ensemble_manifest)
 
 
+def add_mix(commands: argparse._SubParsersAction) -> None:
+    parser = _command(
+        commands, "mix", "serve assembled ensembles of one plan as one, threshold chosen again out of fold"
+    )
+    parser.add_argument(
+        "--model", type=Path, required=True, action="append", help="assembled folder; repeat it for each"
+    )
+    parser.add_argument("--plan", type=Path, required=True, help="the plan they were assembled on (amf plan)")
+    parser.add_argument("--out", type=Path, required=True, help="a new folder for the mix")
+    parser.add_argument("--tta", choices=list(TTA_VIEWS), required=True, help="the test-time views to serve")
+    parser.add_argument("--threshold", default="youden", help="youden, otsu or a number")
+    parser.add_argument(
+        "--interpolation",
+        choices=INTERPOLATIONS,
+        help="how every member resizes crops of another size (for networks that differ in this)",
+    )
+    parser.set_defaults(handler=_mix)
+
+
+def _mix(args: argparse.Namespace) -> None:
+    from amf import runs
+
+    mixed = runs.mix(
+        args.model, args.plan, args.out, tta=args.tta, method=args.threshold, interpolation=args.interpolation
+    )
+    _print_out_of_fold(mixed)
+
+
 def add_views(commands: argparse._SubParsersAction) -> None:
     parser = _command(
         commands,
@@ -504,6 +532,7 @@ examples:
   amf train --plan runs/plan.json --out runs/all --recipe r4    # a named recipe: amf/recipes.py
   amf assemble --run runs/all --out model/ --tta dihedral
   amf views --model model/ --plan runs/plan.json --tta mirror  # cheaper views, threshold chosen again
+  amf mix --model model/ --model runs/model-lite2 --plan runs/plan.json --tta dihedral --out runs/mixed
   amf export-onnx --model model/ --crops test/input
 """
 
@@ -521,6 +550,7 @@ COMMANDS = {
     "train": add_train,
     "assemble": add_assemble,
     "views": add_views,
+    "mix": add_mix,
     "evaluate": add_evaluate,
     "score": add_score,
 }

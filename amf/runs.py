@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -282,6 +283,81 @@ def change_views(model: Path, plan_path: Path, tta: str, method: str = "youden")
     manifest.save(changed, model)
     log.info("%s: served with views %s, %s", model, tta, changed.threshold.method)
     return changed
+
+
+def mix(
+    models: Sequence[Path],
+    plan_path: Path,
+    target: Path,
+    *,
+    tta: str,
+    method: str = "youden",
+    interpolation: str | None = None,
+) -> Manifest:
+    """Assembled ensembles of one plan served as one new folder (say, model/'s MobileNets with a
+    Lite2 ensemble), its threshold and out-of-fold figures chosen for `tta` on each crop's mean
+    over the members that held it out: what `assemble` of their runs gives, from the folders alone.
+
+    Raises:
+        InputError: an ensemble of another plan, or `target` exists.
+        ModelError: ensembles of different domains or inputs (`interpolation` chooses one
+            resizing for all, as in `assemble`).
+    """
+    target = Path(target)
+    if target.exists():
+        raise InputError(f"{target}: exists; mix into a new folder")
+    plan = load_plan(plan_path)
+    models = [Path(m) for m in models]
+    served = [distill.check_teacher(m, writing.sha256_of(plan_path)) for m in models]
+    if interpolation is not None:
+        served = [replace(s, input=replace(s.input, interpolation=interpolation)) for s in served]
+    if len({s.input for s in served}) > 1:
+        raise ModelError(f"cannot mix: the ensembles expect different inputs {_inputs(models, served)}")
+    domains = {s.provenance.get("domain", "all") for s in served}
+    if len(domains) > 1:
+        raise ModelError(f"cannot mix {[str(m) for m in models]}: they were assembled for domains {domains}")
+    sources = [(m, fold) for m, s in zip(models, served, strict=True) for fold in s.folds]
+    architectures = [s.architecture_of(fold) for s in served for fold in s.folds]
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        staging.chmod(0o755)
+        files = [f"fold{k}.safetensors" for k in range(len(sources))]
+        for (folder, fold), name in zip(sources, files, strict=True):
+            manifest.check_sha256(folder / fold.file, fold.sha256)
+            shutil.copyfile(folder / fold.file, staging / name)
+            (staging / name).chmod(0o644)
+        first = served[0]
+        networks = "+".join(dict.fromkeys(architectures))
+        provenance = {
+            **{
+                key: first.provenance[key]
+                for key in ("plan", "table", "domain", "versions")
+                if key in first.provenance
+            },
+            "held_out_folds": [k for s in served for k in distill.member_folds(s, plan.n_folds)],
+            "training": [t for s in served for t in s.provenance.get("training", [])],
+            "folds": [f for s in served for f in s.provenance.get("folds", [])],
+            "mixed": [{"folder": m.name, "name": s.name} for m, s in zip(models, served, strict=True)],
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        mixed = manifest.create(
+            staging,
+            files,
+            architectures,
+            input=first.input,
+            threshold=first.threshold,  # chosen again below, for the mix
+            name=f"{networks}-{first.input.size}px-{len(files)}fold-{slug(domains.pop())}",
+            description=f"{len(files)}-fold mix of {', '.join(s.name for s in served)}",
+            tta=tta,
+            provenance=provenance,
+        )
+        manifest.save(mixed, staging)
+        change_views(staging, plan_path, tta, method)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest.load(target)
 
 
 def _flat_ensemble(

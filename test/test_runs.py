@@ -128,6 +128,53 @@ def test_changing_the_views_of_an_assembled_folder_is_assembling_with_them(lodo,
     assert weights == {p.name: p.read_bytes() for p in target.glob("*.safetensors")}
 
 
+def test_mixing_assembled_folders_serves_their_members_as_one(lodo, tmp_path):
+    """`amf mix`: every member of each folder, the threshold and out-of-fold figures chosen again
+    for the views served (two folders of the same members: those of either, with those views)."""
+    root, plan_path, _ = lodo
+    run = _copy_run(lodo, tmp_path)
+    with_flips = runs.assemble(run, "beta", tmp_path / "flips", tta="flips")
+    runs.assemble(run, "beta", tmp_path / "plain")
+    mixed = runs.mix([tmp_path / "flips", tmp_path / "plain"], plan_path, tmp_path / "mixed", tta="flips")
+    assert mixed == manifest.load(tmp_path / "mixed") and mixed.tta == "flips"
+    assert [f.sha256 for f in mixed.folds] == [f.sha256 for f in with_flips.folds] * 2
+    assert mixed.provenance["held_out_folds"] == [0, 1, 0, 1]
+    assert mixed.threshold.value == pytest.approx(with_flips.threshold.value, abs=1e-6)
+    for figure in ("roc_auc", "balanced_accuracy", "tp", "fp"):
+        expected = with_flips.provenance["out_of_fold"][figure]
+        assert mixed.provenance["out_of_fold"][figure] == pytest.approx(expected, abs=1e-6)
+    crops = root / "crops" / "alpha"
+    predict.run(crops, tmp_path / "out-mixed", tmp_path / "mixed")
+    predict.run(crops, tmp_path / "out-flips", tmp_path / "flips")
+    served = [read_rows(tmp_path / out / "predictions.csv") for out in ("out-mixed", "out-flips")]
+    assert [float(r["p_atypical"]) for r in served[0]] == pytest.approx(
+        [float(r["p_atypical"]) for r in served[1]], abs=1e-6
+    )
+
+
+def test_a_mix_that_cannot_be_made_names_why_and_leaves_nothing(lodo, tmp_path, monkeypatch):
+    _, plan_path, _ = lodo
+    run = _copy_run(lodo, tmp_path)
+    good = tmp_path / "good"
+    runs.assemble(run, "beta", good)
+    wider = Path(shutil.copytree(good, tmp_path / "wider"))
+    served = manifest.load(wider)
+    manifest.save(dataclasses.replace(served, input=dataclasses.replace(served.input, size=40)), wider)
+    other_plan = Path(shutil.copytree(good, tmp_path / "other-plan"))
+    provenance = {**served.provenance, "plan": {"file": "other.json", "sha256": "0" * 64}}
+    manifest.save(dataclasses.replace(served, provenance=provenance), other_plan)
+    with pytest.raises(ModelError, match="expect different inputs"):
+        runs.mix([good, wider], plan_path, tmp_path / "mixed", tta="none")
+    with pytest.raises(InputError, match="assembled on another plan"):
+        runs.mix([good, other_plan], plan_path, tmp_path / "mixed", tta="none")
+    with pytest.raises(InputError, match="exists"):
+        runs.mix([good, good], plan_path, wider, tta="none")
+    monkeypatch.setattr(runs, "change_views", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        runs.mix([good, good], plan_path, tmp_path / "mixed", tta="none")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good", "other-plan", "run", "wider"]
+
+
 @pytest.mark.slow
 def test_runs_of_two_architectures_make_one_mixed_ensemble(lodo, tmp_path):
     """Both runs' folds serve together; each crop's OOF score is the mean of its two fold models."""
@@ -164,6 +211,14 @@ def test_runs_of_two_architectures_make_one_mixed_ensemble(lodo, tmp_path):
     with pytest.raises(InputError, match="needs a target folder"):
         runs.assemble([root / "run", tmp_path / "byobnet"], "beta")
     assert not (tmp_path / "refused").exists()
+    one = runs.assemble(_copy_run(lodo, tmp_path), "beta", tmp_path / "one")
+    runs.assemble(tmp_path / "byobnet", "beta", tmp_path / "two")
+    mixed = runs.mix([tmp_path / "one", tmp_path / "two"], plan_path, tmp_path / "mix", tta="none")
+    assert [f.sha256 for f in mixed.folds] == [f.sha256 for f in assembled.folds]  # the same members
+    assert mixed.threshold.value == pytest.approx(assembled.threshold.value, abs=1e-6) != one.threshold.value
+    for figure in ("roc_auc", "balanced_accuracy", "tp", "fp"):
+        expected = assembled.provenance["out_of_fold"][figure]
+        assert mixed.provenance["out_of_fold"][figure] == pytest.approx(expected, abs=1e-6)
 
 
 def test_runs_that_resize_differently_mix_once_one_interpolation_is_chosen(lodo, tmp_path):
