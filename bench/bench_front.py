@@ -82,17 +82,35 @@ def oof_accuracy(name: str, key: tuple, labels: np.ndarray, scores: np.ndarray, 
     return Accuracy(name, key, auroc(labels, scores), metrics["balanced_accuracy"], passes)
 
 
-def teacher_fronts(table: distill.TeacherTable, fold_of: dict, labels: np.ndarray) -> list[Accuracy]:
+def member_networks(teachers: list[Path]) -> list[tuple[str, int]]:
+    """Each teacher member's network, in teacher_table's order: its short name (with its input size
+    when the teachers' sizes differ) and input size."""
+    members = [
+        (served.architecture_of(fold), served.input.size)
+        for served in map(manifest.load, teachers)
+        for fold in served.folds
+    ]
+    several = len({size for _, size in members}) > 1
+    return [(SHORT.get(a, a) + (f" {size}px" if several else ""), size) for a, size in members]
+
+
+def mixes(members: list[tuple[str, int]]) -> list[tuple[str, ...]]:
+    """Every combination of the members' networks, one network or more."""
+    networks = list(dict.fromkeys(name for name, _ in members))
+    return [mix for count in range(1, len(networks) + 1) for mix in itertools.combinations(networks, count)]
+
+
+def teacher_fronts(
+    table: distill.TeacherTable, members: list[tuple[str, int]], fold_of: dict, labels: np.ndarray
+) -> list[Accuracy]:
     """Every mix of the teachers' networks, under each view count."""
-    networks = list(dict.fromkeys(table.member_architectures))
     rows = []
-    for count in range(1, len(networks) + 1):
-        for mix in itertools.combinations(networks, count):
-            members = [m for m, a in enumerate(table.member_architectures) if a in mix]
-            for views, tta in VIEW_SETS.items():
-                scores = table.out_of_fold(fold_of, members, TTA_VIEWS[tta])
-                name = f"{'+'.join(SHORT.get(a, a) for a in mix)}, {views} views"
-                rows.append(oof_accuracy(name, (frozenset(mix), views), labels, scores, len(members) * views))
+    for mix in mixes(members):
+        chosen = [m for m, (name, _) in enumerate(members) if name in mix]
+        for views, tta in VIEW_SETS.items():
+            scores = table.out_of_fold(fold_of, chosen, TTA_VIEWS[tta])
+            name = f"{'+'.join(mix)}, {views} views"
+            rows.append(oof_accuracy(name, (frozenset(mix), views), labels, scores, len(chosen) * views))
     return rows
 
 
@@ -144,15 +162,18 @@ def fp32_only(served: manifest.Manifest) -> manifest.Manifest:
     return replace(served, onnx=replace(served.onnx, graphs=graphs))
 
 
-def mix_folder(teachers: list[Path], networks: frozenset, target: Path) -> Path:
-    """The teachers' members of `networks` in one folder, exported (for its cost: the threshold is
-    the first teacher's and the input its spec; crops here are never resized)."""
+def mix_folder(
+    teachers: list[Path], members: list[tuple[str, int]], mix: tuple[str, ...], target: Path
+) -> Path:
+    """The teachers' members of the networks in `mix` in one folder, exported (for its cost: the
+    threshold is the first teacher's and the input its spec; crops here are never resized)."""
     target.mkdir(parents=True)
     files, fold_architectures = [], []
+    names = iter(name for name, _ in members)
     for teacher in teachers:
         served = manifest.load(teacher)
         for fold in served.folds:
-            if served.architecture_of(fold) in networks:
+            if next(names) in mix:
                 files.append(f"fold{len(files)}.safetensors")
                 (target / files[-1]).hardlink_to(teacher / fold.file)
                 fold_architectures.append(served.architecture_of(fold))
@@ -174,20 +195,21 @@ def served_megabytes(folder: Path) -> float:
 
 
 def served_folders(
-    args: argparse.Namespace, networks: list[str], work: Path
+    args: argparse.Namespace, members: list[tuple[str, int]], work: Path
 ) -> dict[str, tuple[tuple, Path]]:
     """The folders whose cost is measured, by name, with the Accuracy key of their OOF figures:
-    every mix of the teachers' networks under every view count; the student fp32 and int8, 1 and 2
-    views when one is given."""
+    every mix of the teachers' networks of one input size under every view count (one folder
+    serves one input); the student fp32 and int8, 1 and 2 views when one is given."""
     folders = {}
-    for count in range(1, len(networks) + 1):
-        for mix in itertools.combinations(networks, count):
-            mixed = mix_folder(args.teacher, frozenset(mix), work / "+".join(mix))
-            label = f"{'+'.join(SHORT.get(a, a) for a in mix)} ({len(manifest.load(mixed).folds)} folds)"
-            for views, tta in VIEW_SETS.items():
-                target = work / f"{mixed.name}-{views}"
-                change = lambda m, t=tta: replace(m, tta=t)  # noqa: E731
-                folders[f"{label}, {views} views"] = ((frozenset(mix), views), linked(mixed, target, change))
+    for number, mix in enumerate(mixes(members)):
+        if len({size for name, size in members if name in mix}) > 1:
+            continue
+        mixed = mix_folder(args.teacher, members, mix, work / f"mix{number}")
+        label = f"{'+'.join(mix)} ({len(manifest.load(mixed).folds)} folds)"
+        for views, tta in VIEW_SETS.items():
+            target = work / f"{mixed.name}-{views}"
+            change = lambda m, t=tta: replace(m, tta=t)  # noqa: E731
+            folders[f"{label}, {views} views"] = ((frozenset(mix), views), linked(mixed, target, change))
     if args.student is None:
         return folders
     for views in (1, 2):
@@ -299,16 +321,16 @@ def main() -> None:
     labels = np.array([samples[i].label for i in table.ids])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        accuracy = teacher_fronts(table, fold_of, labels)
+        members = member_networks(args.teacher)
+        accuracy = teacher_fronts(table, members, fold_of, labels)
         if args.student_run:
             label_of = {i: s.label for i, s in samples.items()}
             accuracy += student_fronts(args.student_run, plan, crops, label_of, work)
         if args.accuracy_only:
             emit([*heading("Out-of-fold accuracy on the 5-fold plan"), *accuracy_lines(accuracy)], args.out)
             return
-        networks = list(dict.fromkeys(table.member_architectures))
         images = sorted(AMIBR_PATCHES.rglob("*.png"))
-        folders = served_folders(args, networks, work / "served")
+        folders = served_folders(args, members, work / "served")
         costs = measure_costs(folders, images, args.rounds, work / "cost")
     student_config = read_run(args.student_run).config if args.student_run else None
     report(args, accuracy, costs, student_config, load_before)
