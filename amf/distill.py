@@ -43,7 +43,6 @@ class TeacherTable:
     ids: tuple[str, ...]
     views: tuple[int, ...]  # the dihedral symmetry of each position on axis 1
     held_out: tuple[int, ...]  # the plan fold each member did not train on
-    member_architectures: tuple[str, ...]
     scores: np.ndarray
 
     def targets(self, ids: Sequence[str], fold: int | None) -> dict[str, float]:
@@ -120,13 +119,12 @@ def teacher_table(
         ModelError: its members do not fit the plan's folds.
     """
     ids = tuple(i for fold in plan.domains[domain].folds for i in fold if i in crops)
-    held_out, member_architectures, scores = [], [], []
+    held_out, scores = [], []
     for teacher_dir in teachers:
         teacher = check_teacher(Path(teacher_dir), plan_sha256)
         folds = member_folds(teacher, plan.n_folds)
         held_out += folds
         for member, (fold, k) in enumerate(zip(teacher.folds, folds, strict=True)):
-            member_architectures.append(teacher.architecture_of(fold))
             held = set(plan.domains[domain].folds[k]) if held_out_only else set(ids)
             member_ids = tuple(i for i in ids if i in held)
             path = None
@@ -142,7 +140,7 @@ def teacher_table(
             spread = np.zeros((len(views), len(ids)), np.float32)
             spread[:, [c for c, i in enumerate(ids) if i in held]] = member_scores
             scores.append(spread)
-    return TeacherTable(ids, tuple(views), tuple(held_out), tuple(member_architectures), np.stack(scores))
+    return TeacherTable(ids, tuple(views), tuple(held_out), np.stack(scores))
 
 
 def _member_views(
