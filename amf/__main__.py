@@ -376,12 +376,16 @@ def add_assemble(commands: argparse._SubParsersAction) -> None:
         help="a run folder holding the refit of --run's recipe (`train --refit`): --out then serves it, "
         "with the threshold of --run's folds",
     )
+    _add_interpolation(parser)
+    parser.set_defaults(handler=_assemble)
+
+
+def _add_interpolation(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--interpolation",
         choices=INTERPOLATIONS,
-        help="how every fold resizes crops of another size (for runs whose networks differ in this)",
+        help="how every fold resizes crops of another size (for networks that differ in this)",
     )
-    parser.set_defaults(handler=_assemble)
 
 
 def _assemble(args: argparse.Namespace) -> None:
@@ -410,11 +414,7 @@ def add_mix(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="a new folder for the mix")
     parser.add_argument("--tta", choices=list(TTA_VIEWS), required=True, help="the test-time views to serve")
     parser.add_argument("--threshold", default="youden", help="youden, otsu or a number")
-    parser.add_argument(
-        "--interpolation",
-        choices=INTERPOLATIONS,
-        help="how every member resizes crops of another size (for networks that differ in this)",
-    )
+    _add_interpolation(parser)
     parser.set_defaults(handler=_mix)
 
 
