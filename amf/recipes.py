@@ -63,7 +63,8 @@ RECIPES: dict[str, TrainConfig] = {
         ),
         "lite0-128": replace(_COMMON, architecture="tf_efficientnet_lite0", pretrained="efficientnet-lite0"),
         "lite2-128": _LITE2,
-        # The same network on the 128 px crops resized to 160 px: objects nearer ImageNet's scale.
+        # The same network on the 128 px crops resized to 160 or 192 px: objects nearer ImageNet's scale.
         "lite2-160": replace(_LITE2, size=160),
+        "lite2-192": replace(_LITE2, size=192),
     }.items()
 }

@@ -15,7 +15,7 @@ from amf import models, recipes, runs, train, weight_packages
 from amf.__main__ import main
 from amf.config import TrainConfig, config_differences
 
-EXPECTED = {"r1", "r4", "r6", "r7", "lite0-128", "lite2-128", "lite2-160"}
+EXPECTED = {"r1", "r4", "r6", "r7", "lite0-128", "lite2-128", "lite2-160", "lite2-192"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -52,6 +52,7 @@ def test_the_recipes_are_those_the_card_names() -> None:
     }
     lite2 = recipes.RECIPES["lite2-128"]
     assert config_differences(lite2, recipes.RECIPES["lite2-160"]) == {"size": (128, 160)}
+    assert config_differences(lite2, recipes.RECIPES["lite2-192"]) == {"size": (128, 192)}
 
 
 def _trained_config(monkeypatch: pytest.MonkeyPatch, *argv: str) -> TrainConfig:
