@@ -318,6 +318,7 @@ def mix(
         raise ModelError(f"cannot mix {[str(m) for m in models]}: they were assembled for domains {domains}")
     sources = [(m, fold) for m, s in zip(models, served, strict=True) for fold in s.folds]
     architectures = [s.architecture_of(fold) for s in served for fold in s.folds]
+    target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         staging.chmod(0o755)

@@ -135,8 +135,9 @@ def test_mixing_assembled_folders_serves_their_members_as_one(lodo, tmp_path):
     run = _copy_run(lodo, tmp_path)
     with_flips = runs.assemble(run, "beta", tmp_path / "flips", tta="flips")
     runs.assemble(run, "beta", tmp_path / "plain")
-    mixed = runs.mix([tmp_path / "flips", tmp_path / "plain"], plan_path, tmp_path / "mixed", tta="flips")
-    assert mixed == manifest.load(tmp_path / "mixed") and mixed.tta == "flips"
+    target = tmp_path / "new" / "mixed"
+    mixed = runs.mix([tmp_path / "flips", tmp_path / "plain"], plan_path, target, tta="flips")
+    assert mixed == manifest.load(target) and mixed.tta == "flips"
     assert [f.sha256 for f in mixed.folds] == [f.sha256 for f in with_flips.folds] * 2
     assert mixed.provenance["held_out_folds"] == [0, 1, 0, 1]
     assert mixed.threshold.value == pytest.approx(with_flips.threshold.value, abs=1e-6)
@@ -144,7 +145,7 @@ def test_mixing_assembled_folders_serves_their_members_as_one(lodo, tmp_path):
         expected = with_flips.provenance["out_of_fold"][figure]
         assert mixed.provenance["out_of_fold"][figure] == pytest.approx(expected, abs=1e-6)
     crops = root / "crops" / "alpha"
-    predict.run(crops, tmp_path / "out-mixed", tmp_path / "mixed")
+    predict.run(crops, tmp_path / "out-mixed", target)
     predict.run(crops, tmp_path / "out-flips", tmp_path / "flips")
     served = [read_rows(tmp_path / out / "predictions.csv") for out in ("out-mixed", "out-flips")]
     assert [float(r["p_atypical"]) for r in served[0]] == pytest.approx(
