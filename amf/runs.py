@@ -308,7 +308,8 @@ def mix(
         raise InputError(f"{target}: exists; mix into a new folder")
     plan = load_plan(plan_path)
     models = [Path(m) for m in models]
-    served = [distill.check_teacher(m, writing.sha256_of(plan_path)) for m in models]
+    plan_sha256 = writing.sha256_of(plan_path)
+    served = [distill.check_teacher(m, plan_sha256) for m in models]
     if interpolation is not None:
         served = [replace(s, input=replace(s.input, interpolation=interpolation)) for s in served]
     if len({s.input for s in served}) > 1:
@@ -353,12 +354,12 @@ def mix(
             provenance=provenance,
         )
         manifest.save(mixed, staging)
-        change_views(staging, plan_path, tta, method)
+        mixed = change_views(staging, plan_path, tta, method)
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return manifest.load(target)
+    return mixed
 
 
 def _flat_ensemble(
