@@ -7,7 +7,7 @@ Accuracy, on the card's 5-fold plan of the AMi-Br training split (never the test
   held_out_only; kept in --cache between runs): a crop is scored by the members that never saw
   it, one per network. A mix of fewer networks is also an ensemble of fewer folds (5 per network);
 - the student: its cross-validation run's folds on their validation crops, fp32 and int8
-  (each fold exported and quantised, calibrated on that fold's training crops), 1 and 2 views.
+  (each fold exported and quantised, calibrated on that fold's training crops), 1, 2, 4 and 8 views.
 
 Cost, measured here on served folders through `python inference.py`, alternated with the
 organisers' reference approach (bench/reference.py) in the same run: ms per crop in a folder run
@@ -115,8 +115,8 @@ def teacher_fronts(
 
 
 def student_fronts(run: Path, plan, crops: dict, labels_of: dict, work: Path) -> list[Accuracy]:
-    """The student's folds on their own validation crops: fp32 and int8, 1 and 2 views."""
-    ids, scores = [], {(p, v): [] for p in ("fp32", "int8") for v in (1, 2)}
+    """The student's folds on their own validation crops: fp32 and int8, under each view count."""
+    ids, scores = [], {(p, v): [] for p in ("fp32", "int8") for v in VIEW_SETS}
     for k in range(plan.n_folds):
         folder = model_dir(run, "all", k)
         train_ids, val_ids = plan.split("all", k)
@@ -199,7 +199,7 @@ def served_folders(
 ) -> dict[str, tuple[tuple, Path]]:
     """The folders whose cost is measured, by name, with the Accuracy key of their OOF figures:
     every mix of the teachers' networks of one input size under every view count (one folder
-    serves one input); the student fp32 and int8, 1 and 2 views when one is given."""
+    serves one input); the student fp32 and int8 under every view count when one is given."""
     folders = {}
     for number, mix in enumerate(mixes(members)):
         if len({size for name, size in members if name in mix}) > 1:
@@ -212,8 +212,7 @@ def served_folders(
             folders[f"{label}, {views} views"] = ((frozenset(mix), views), linked(mixed, target, change))
     if args.student is None:
         return folders
-    for views in (1, 2):
-        tta = VIEW_SETS[views]
+    for views, tta in VIEW_SETS.items():
         for precision in ("fp32", "int8"):
             change = (
                 (lambda m, t=tta: replace(fp32_only(m), tta=t))
