@@ -70,7 +70,16 @@ class TeacherTable:
 
 
 def member_folds(teacher: Manifest, n_folds: int) -> tuple[int, ...]:
-    """The plan fold each member held out: `assemble` lists each run's folds in plan order."""
+    """The plan fold each member held out: `assemble` lists each run's folds in plan order.
+
+    A model refit on every crop held none out: it can neither teach a fold's student nor be
+    scored out of fold (its recorded folds are its cross-validation run's), so it is refused.
+    """
+    if "refit" in teacher.provenance:
+        raise ModelError(
+            f"{teacher.name} was refit on every crop and held no fold out: use the folder "
+            "assembled from its cross-validation run (amf assemble --run RUN, without --refit)"
+        )
     recorded = teacher.provenance.get("held_out_folds")
     if recorded is not None:
         return tuple(int(k) for k in recorded)

@@ -21,7 +21,7 @@ from amf.manifest import Manifest, check_sha256
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-RUN_INPUTS = 32  # crops per session run (OnnxEnsemble.predict; measured by bench/bench_session.py)
+RUN_INPUTS = 8  # crops per session run (OnnxEnsemble.predict; measured by bench/bench_session.py)
 FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
 _CUDA_PROVIDER_LIB = "libonnxruntime_providers_cuda.so"
 
@@ -134,8 +134,9 @@ class OnnxEnsemble:
 
         The graph runs on at most RUN_INPUTS crops at a time: without memory-reuse planning a
         run holds all its intermediate tensors, so peak memory follows the run's size, while the
-        time per crop does not (bench/bench_session.py: 262 MiB and 4.8 ms a crop in runs of 32,
-        352 MiB and 5.1 ms in one run of 128, for the shipped graph on 2 CPUs).
+        time per crop does not (bench/bench_session.py, 2 CPUs: the shipped MobileNetV2 at 160 px
+        264 MiB and 1.7 ms an input in runs of 8, 559 MiB and 2.2 ms in runs of 32; the 10-fold
+        MobileNet ensemble 372 MiB and 13.5 ms in runs of 8, 554 MiB and 13.9 ms in runs of 32).
 
         Raises:
             ModelError: the graph's output is not N probabilities (float, finite, in [0, 1]).

@@ -195,11 +195,12 @@ def served_megabytes(folder: Path) -> float:
 
 
 def served_folders(
-    args: argparse.Namespace, members: list[tuple[str, int]], work: Path
+    args: argparse.Namespace, members: list[tuple[str, int]], crops: list, work: Path
 ) -> dict[str, tuple[tuple, Path]]:
     """The folders whose cost is measured, by name, with the Accuracy key of their OOF figures:
     every mix of the teachers' networks of one input size under every view count (one folder
-    serves one input); the student fp32 and int8 under every view count when one is given."""
+    serves one input); the student fp32 and int8 under every view count when one is given (its
+    int8 graph made here on `crops` when its folder has none)."""
     folders = {}
     for number, mix in enumerate(mixes(members)):
         if len({size for name, size in members if name in mix}) > 1:
@@ -212,6 +213,11 @@ def served_folders(
             folders[f"{label}, {views} views"] = ((frozenset(mix), views), linked(mixed, target, change))
     if args.student is None:
         return folders
+    student = args.student
+    if "int8" not in manifest.load(student).onnx.graphs:
+        student = Path(shutil.copytree(student, work / "student"))
+        drawn = [crops[i] for i in np.random.default_rng(0).permutation(len(crops))[:576]]
+        quantize.quantize(student, drawn[:512], drawn[512:], tolerance=1.0)  # scored whatever its difference
     for views, tta in VIEW_SETS.items():
         for precision in ("fp32", "int8"):
             change = (
@@ -221,7 +227,7 @@ def served_folders(
             )
             target = work / f"student-{precision}-{views}"
             name = f"student {precision}, {views} views"
-            folders[name] = (("student", precision, views), linked(args.student, target, change))
+            folders[name] = (("student", precision, views), linked(student, target, change))
     return folders
 
 
@@ -298,7 +304,7 @@ def main() -> None:
         "--teacher", type=Path, action="append", required=True, help="teacher ensemble folder"
     )
     parser.add_argument("--student-run", type=Path, help="the student's cross-validation run")
-    parser.add_argument("--student", type=Path, help="the served student (with its int8 graph)")
+    parser.add_argument("--student", type=Path, help="the served student (its int8 graph made if missing)")
     parser.add_argument("--rounds", type=int, default=3, help="cold starts of each, alternated")
     parser.add_argument("--cache", type=Path, help="keep each member's scores here for the next run")
     parser.add_argument(
@@ -329,7 +335,7 @@ def main() -> None:
             emit([*heading("Out-of-fold accuracy on the 5-fold plan"), *accuracy_lines(accuracy)], args.out)
             return
         images = sorted(AMIBR_PATCHES.rglob("*.png"))
-        folders = served_folders(args, members, work / "served")
+        folders = served_folders(args, members, list(crops.values()), work / "served")
         costs = measure_costs(folders, images, args.rounds, work / "cost")
     student_config = read_run(args.student_run).config if args.student_run else None
     report(args, accuracy, costs, student_config, load_before)

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# Reproduce the ensemble in model/ and its reports from the AMi-Br data (MODEL_CARD.md).
+# Reproduce the model in model/ and its reports from the AMi-Br data (MODEL_CARD.md).
 #
-#   model/reproduce.sh [ensemble|student|lodo] [AMIBR_DIR] [WORK_DIR]
+#   model/reproduce.sh [all|teachers|student|lodo] [AMIBR_DIR] [WORK_DIR]
 #
-# ensemble (default): imports the vendored ImageNet MobileNets (resources/pretrained/), fine-tunes
-#   5 folds of each over the published AMi-Br training split (grouped by slide; the two
-#   networks train side by side, one core each), writes the mixed 10-model ensemble with its
-#   out-of-fold threshold into model/, then scores it once on the 826-crop test split through
-#   inference.py exactly as the container runs it.
-# student: one MobileNetV2 distilled from the ensemble in model/ (its teacher; the card's
-#   accuracy-cost front): a 5-fold run (each fold learns from the teacher folds that never saw
-#   its validation crops: out-of-fold figures and threshold), then the same recipe on every
-#   crop, assembled with its graphs (fp32, fp16, int8) into WORK_DIR/model-student; about 2 h on
-#   2 cores. Serve it with `python inference.py --model WORK_DIR/model-student`.
+# all (default): teachers, then student.
+# teachers: the three ensembles the shipped student learns from, each a 5-fold run over the
+#   published AMi-Br training split (grouped by slide), two runs side by side, one core each:
+#   r6 + r7 (the vendored ImageNet MobileNets, resources/pretrained/) mixed into WORK_DIR/model-r8
+#   (served by model/ until 2026-12-05) and EfficientNet-Lite2 at 160 and 192 px (pinned weight
+#   packages) in WORK_DIR/model-lite2-160 and -192. About 3 h on 2 cores (the card's training times).
+# student: one MobileNetV2 at 160 px distilled from the three teachers under the 8 views: a 5-fold
+#   run (each fold learns only from teacher folds that never saw its validation crops: the
+#   out-of-fold figures and threshold), then the same recipe on every crop, which model/ serves
+#   with the 8 views; its graphs, then the 826-crop test split scored once through inference.py
+#   exactly as the container runs it. About 2 h on 2 cores, 70 min of it the teachers' scores.
 # lodo: the leave-one-domain-out report (the paper's Table 2, Figures 1-2) over AMi-Br's four
 #   domains (scanner column): 4 x 5 models, into WORK_DIR/report-scanner.
 #
@@ -24,9 +25,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 # shellcheck source=docker/lib.sh
 source "$ROOT/docker/lib.sh"
-PART=${1:-ensemble}
-if [[ $PART != ensemble && $PART != student && $PART != lodo ]]; then
-    echo "usage: model/reproduce.sh [ensemble|student|lodo] [AMIBR_DIR] [WORK_DIR]" >&2
+PART=${1:-all}
+if [[ $PART != all && $PART != teachers && $PART != student && $PART != lodo ]]; then
+    echo "usage: model/reproduce.sh [all|teachers|student|lodo] [AMIBR_DIR] [WORK_DIR]" >&2
     exit 2
 fi
 AMIBR=${2:-../shared/data/ami-br}
@@ -37,25 +38,52 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$WORK"
 
 # Training recipes by name: amf/recipes.py holds their settings, MODEL_CARD.md their results.
-# Test-time views served by the container, and behind the out-of-fold threshold: mirror (2 views),
-# the cheapest point within 0.005 out-of-fold AUROC of the best on the accuracy-cost front
-# (bench/results/front-cpu-2core.md); dihedral (8) is the most accurate, 4x the work.
-TTA=mirror
-
 "$PY" -m amf dataset --amibr "$AMIBR" --amibr-split train --by scanner --out "$WORK/amibr-train.csv"
-case $PART in
-ensemble)
-    "$PY" -m amf plan --table "$WORK/amibr-train.csv" --domain all --out "$WORK/plan-all.json"
-    runs=() pids=()
+"$PY" -m amf plan --table "$WORK/amibr-train.csv" --domain all --out "$WORK/plan-all.json"
+PLAN=(--plan "$WORK/plan-all.json")
+
+# train LOG ARGS...: `amf train` on the plan, its output in WORK_DIR/LOG.log.
+train() {
+    local log=$1
+    shift
+    "$PY" -m amf train "${PLAN[@]}" "$@" > "$WORK/$log.log" 2>&1
+}
+if [[ $PART == all || $PART == teachers ]]; then
     # r6, r7: the ImageNet MobileNets fine-tuned; each run first imports its .tflite graph with batch
-    # norm re-estimated on 512 training crops at the training size (amf.tflite_import.for_run)
-    for recipe in r6 r7; do
-        "$PY" -m amf train --plan "$WORK/plan-all.json" --out "$WORK/all-$recipe" --recipe "$recipe" \
-            > "$WORK/all-$recipe.log" 2>&1 &
-        runs+=(--run "$WORK/all-$recipe") pids+=($!)
+    # norm re-estimated on 512 training crops at the training size (amf.tflite_import.for_run).
+    # Each pair side by side, one core each; a failed run stops the script (its log says why).
+    train all-r6 --recipe r6 --out "$WORK/all-r6" & a=$!
+    train all-r7 --recipe r7 --out "$WORK/all-r7" & b=$!
+    wait $a
+    wait $b
+    "$PY" -m amf assemble --run "$WORK/all-r6" --run "$WORK/all-r7" --out "$WORK/model-r8" \
+        --threshold youden --tta mirror
+    train all-lite2-160 --recipe lite2-160 --out "$WORK/all-lite2-160" & a=$!
+    train all-lite2-192 --recipe lite2-192 --out "$WORK/all-lite2-192" & b=$!
+    wait $a
+    wait $b
+    for size in 160 192; do
+        "$PY" -m amf assemble --run "$WORK/all-lite2-$size" --out "$WORK/model-lite2-$size" \
+            --threshold youden --tta dihedral
     done
-    for pid in "${pids[@]}"; do wait "$pid"; done  # a failed run stops the script (its log says why)
-    "$PY" -m amf assemble "${runs[@]}" --out model/ --threshold youden --tta "$TTA"
+fi
+if [[ $PART == all || $PART == student ]]; then
+    # r6 at 160 px learning the three teachers' mean P(atypical) under the views each is served
+    # with (mirror for model-r8, the 8 for the Lite2s), which become augmentation. Fold 0 first
+    # fills the run's cache of the teachers' scores on every crop (about 70 min of one core); the
+    # refit on every crop reuses it, beside the other folds.
+    student=(--recipe r6 --size 160 --teacher "$WORK/model-r8" --teacher "$WORK/model-lite2-160"
+        --teacher "$WORK/model-lite2-192")
+    train student-0 "${student[@]}" --out "$WORK/student" --fold 0
+    mkdir -p "$WORK/student-refit/all/teacher-scores"
+    cp -l "$WORK/student/all/teacher-scores/"*.npz "$WORK/student-refit/all/teacher-scores/"
+    { for k in 1 2 3; do train "student-$k" "${student[@]}" --out "$WORK/student" --fold $k; done; } & a=$!
+    { train student-refit "${student[@]}" --out "$WORK/student-refit" --refit
+        train student-4 "${student[@]}" --out "$WORK/student" --fold 4; } & b=$!
+    wait $a
+    wait $b
+    "$PY" -m amf assemble --run "$WORK/student" --refit "$WORK/student-refit" --out model/ \
+        --threshold youden --tta dihedral
     "$PY" -m amf export-onnx --model model/ --crops test/input  # the graphs the container serves by default
 
     # The published test split, once, through the container's own entry point.
@@ -64,27 +92,10 @@ ensemble)
     "$PY" inference.py --input "$WORK/amibr-test-crops" --output "$WORK/amibr-test-out" --model model/
     "$PY" -m amf score --predictions "$WORK/amibr-test-out/predictions.csv" --table "$WORK/amibr-test.csv" \
         --by scanner --out "$WORK/amibr-test-metrics.json"
-    ;;
-student)
-    "$PY" -m amf plan --table "$WORK/amibr-train.csv" --domain all --out "$WORK/plan-all.json"
-    # r6 learning model/'s P(atypical) under its served views (mirror), which become augmentation;
-    # the 5 folds and the refit on every crop side by side, one core each
-    student=(--plan "$WORK/plan-all.json" --recipe r6 --teacher model/)
-    "$PY" -m amf train "${student[@]}" --out "$WORK/student" > "$WORK/student.log" 2>&1 &
-    folds=$!
-    "$PY" -m amf train "${student[@]}" --out "$WORK/student-refit" --refit > "$WORK/student-refit.log" 2>&1 &
-    refit=$!
-    wait "$folds"
-    wait "$refit"
-    "$PY" -m amf assemble --run "$WORK/student" --refit "$WORK/student-refit" --out "$WORK/model-student" \
-        --threshold youden --tta mirror
-    "$PY" -m amf export-onnx --model "$WORK/model-student" --crops test/input
-    "$PY" -m amf quantize --model "$WORK/model-student" --table "$WORK/amibr-train.csv"
-    ;;
-lodo)
+fi
+if [[ $PART == lodo ]]; then
     "$PY" -m amf plan --table "$WORK/amibr-train.csv" --domain scanner --out "$WORK/plan-scanner.json"
     # The card's leave-one-domain-out table was made before soft labels won: efficientvit_m0 from scratch (r1).
     "$PY" -m amf train --plan "$WORK/plan-scanner.json" --out "$WORK/scanner-m0" --recipe r1
     "$PY" -m amf evaluate --run "$WORK/scanner-m0" --out "$WORK/report-scanner" --tta dihedral  # as docs/lodo-scanner/ was made
-    ;;
-esac
+fi

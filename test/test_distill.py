@@ -153,6 +153,12 @@ def test_a_teacher_must_fit_the_plans_folds(teacher):
         distill.member_folds(odd, 3)
 
 
+def test_a_refit_neither_teaches_nor_is_scored_out_of_fold(teacher):
+    refit = dataclasses.replace(manifest.load(teacher), provenance={"refit": {}, "held_out_folds": [0, 1]})
+    with pytest.raises(ModelError, match="refit on every crop and held no fold out"):
+        distill.member_folds(refit, 2)
+
+
 def test_refit_is_served_with_the_threshold_of_its_folds(lodo, tmp_path):
     cv = Path(shutil.copytree(lodo[0] / "run", tmp_path / "cv"))
     runs.run_plan(lodo[1], tmp_path / "refit", TINY, domain="beta", refit=True)
