@@ -141,10 +141,17 @@ def student_fronts(run: Path, plan, crops: dict, labels_of: dict, work: Path) ->
 
 def _int8_fold(folder: Path, work: Path, calibration: list, check: list) -> OnnxEnsemble:
     """A fold's int8 graph, exported and quantised in `work` (its training crops calibrate it)."""
+    copy = _int8_copy(folder, work, calibration, check)
+    return OnnxEnsemble(open_session(copy / quantize.FILE, [CPU]), str(copy))
+
+
+def _int8_copy(folder: Path, work: Path, calibration: list, check: list) -> Path:
+    """A copy of `folder` in `work` with its graphs exported and an int8 graph made, whatever
+    its difference from fp32 (what int8 costs is scored, not refused)."""
     copy = Path(shutil.copytree(folder, work))
     onnx_export.export(copy, STACK)
-    quantize.quantize(copy, calibration, check, tolerance=1.0)  # scored whatever its difference
-    return OnnxEnsemble(open_session(copy / quantize.FILE, [CPU]), str(copy))
+    quantize.quantize(copy, calibration, check, tolerance=1.0)
+    return copy
 
 
 def linked(folder: Path, target: Path, change) -> Path:
@@ -215,9 +222,8 @@ def served_folders(
         return folders
     student = args.student
     if "int8" not in manifest.load(student).onnx.graphs:
-        student = Path(shutil.copytree(student, work / "student"))
         drawn = [crops[i] for i in np.random.default_rng(0).permutation(len(crops))[:576]]
-        quantize.quantize(student, drawn[:512], drawn[512:], tolerance=1.0)  # scored whatever its difference
+        student = _int8_copy(student, work / "student", drawn[:512], drawn[512:])
     for views, tta in VIEW_SETS.items():
         for precision in ("fp32", "int8"):
             change = (

@@ -76,7 +76,7 @@ if [[ $PART == all || $PART == student ]]; then
         --teacher "$WORK/model-lite2-192")
     train student-0 "${student[@]}" --out "$WORK/student" --fold 0
     mkdir -p "$WORK/student-refit/all/teacher-scores"
-    cp -l "$WORK/student/all/teacher-scores/"*.npz "$WORK/student-refit/all/teacher-scores/"
+    cp -lf "$WORK/student/all/teacher-scores/"*.npz "$WORK/student-refit/all/teacher-scores/"  # -f: a rerun resumes
     { for k in 1 2 3; do train "student-$k" "${student[@]}" --out "$WORK/student" --fold $k; done; } & a=$!
     { train student-refit "${student[@]}" --out "$WORK/student-refit" --refit
         train student-4 "${student[@]}" --out "$WORK/student" --fold 4; } & b=$!
