@@ -62,6 +62,7 @@ RECIPES: dict[str, TrainConfig] = {
             pretrained=str(TFLITE / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"),
         ),
         "lite0-128": replace(_COMMON, architecture="tf_efficientnet_lite0", pretrained="efficientnet-lite0"),
+        "lite1-128": replace(_COMMON, architecture="tf_efficientnet_lite1", pretrained="efficientnet-lite1"),
         "lite2-128": _LITE2,
         # The same network on the 128 px crops resized to 160 or 192 px: objects nearer ImageNet's scale.
         "lite2-160": replace(_LITE2, size=160),

@@ -15,7 +15,7 @@ from amf import models, recipes, runs, train, weight_packages
 from amf.__main__ import main
 from amf.config import TrainConfig, config_differences
 
-EXPECTED = {"r1", "r4", "r6", "r7", "lite0-128", "lite2-128", "lite2-160", "lite2-192"}
+EXPECTED = {"r1", "r4", "r6", "r7", "lite0-128", "lite1-128", "lite2-128", "lite2-160", "lite2-192"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -49,6 +49,10 @@ def test_the_recipes_are_those_the_card_names() -> None:
     assert config_differences(lite0, recipes.RECIPES["lite2-128"]) == {
         "architecture": ("tf_efficientnet_lite0", "tf_efficientnet_lite2"),
         "pretrained": ("efficientnet-lite0", "efficientnet-lite2"),
+    }
+    assert config_differences(lite0, recipes.RECIPES["lite1-128"]) == {
+        "architecture": ("tf_efficientnet_lite0", "tf_efficientnet_lite1"),
+        "pretrained": ("efficientnet-lite0", "efficientnet-lite1"),
     }
     lite2 = recipes.RECIPES["lite2-128"]
     assert config_differences(lite2, recipes.RECIPES["lite2-160"]) == {"size": (128, 160)}
